@@ -1,0 +1,46 @@
+# Two commands do all the set-up: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# This workplace caps pip at the torch build on its disk (see DEVELOPERS.md); elsewhere pip picks the build.
+TORCH ?= $(shell test -d /etc/xdg/pip && echo "torch==2.14.1 torchvision==0.29.1" || echo "torch torchvision")
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: quickstart test smoke lint data clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Fashion-MNIST: Debian's package where apt-get exists, torchvision's download (into data/) otherwise.
+data: $(VENV)/.installed
+	@if [ -f $(FASHION_MNIST) ] || [ -d data/FashionMNIST/raw ]; then echo "Fashion-MNIST: present"; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	else $(BIN)/python -c "from autokd.data.fashion_mnist import _torchvision_download as d; from pathlib import Path; d(Path('data'))"; fi
+
+quickstart: $(VENV)/.installed data
+	$(BIN)/autokd search studies/quickstart.yaml
+
+smoke: $(VENV)/.installed
+	$(BIN)/autokd search studies/smoke.yaml
+
+test: $(VENV)/.installed-test data
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

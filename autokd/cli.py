@@ -1,0 +1,82 @@
+"""The ``autokd`` command: search a study, report on it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autokd.config import StudyFileError, load_study_file
+from autokd.data import DatasetUnavailableError
+from autokd.distill import PluginLoadError
+from autokd.registry import RegistryError
+from autokd.report import ReportError
+
+USER_ERRORS = (StudyFileError, DatasetUnavailableError, PluginLoadError, RegistryError, ReportError)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from autokd.report import write_report
+    from autokd.search import run_search
+
+    study = load_study_file(args.study)
+    outcome = run_search(
+        study, runs_root=args.runs_dir, study_path=Path(args.study), progress=not args.no_progress
+    )
+    report = write_report(outcome.run_dir, args.reports_dir)
+    print(
+        f"{outcome.completed} completed trials (stopped by {outcome.stopped_reason}); report: {report / 'index.html'}"
+    )
+    return 0 if outcome.stopped_reason in ("budget", "time limit") else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from autokd.report import write_report
+
+    out = write_report(Path(args.run_dir), args.reports_dir)
+    print(f"report: {out / 'index.html'} (also summary.md, pareto.csv, trials.csv)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``autokd`` command."""
+    parser = argparse.ArgumentParser(
+        prog="autokd", description="Search distilled INT8 students and report their Pareto front."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    search = sub.add_parser("search", help="run or resume a study file")
+    search.add_argument("study", help="study file (YAML), e.g. studies/quickstart.yaml")
+    search.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="where run folders live (default: runs)"
+    )
+    search.add_argument(
+        "--reports-dir", type=Path, default=Path("reports"), help="where reports go (default: reports)"
+    )
+    search.add_argument("--no-progress", action="store_true", help="no progress bar (per-trial lines remain)")
+    search.set_defaults(handler=_search)
+
+    report = sub.add_parser("report", help="write the Pareto report of a run folder")
+    report.add_argument("run_dir", help="run folder of a study, e.g. runs/quickstart")
+    report.add_argument(
+        "--reports-dir", type=Path, default=Path("reports"), help="where reports go (default: reports)"
+    )
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit 0 on success, 2 on bad input (one line on stderr, no traceback)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except USER_ERRORS as exc:
+        print(f"autokd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autokd: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The study file: a YAML document validated by pydantic, with one-line errors a person can act on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Range = tuple[float, float]
+
+
+class StudyFileError(ValueError):
+    """The study file is missing, not YAML, or not a valid study; the message is one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_range(value: Range, *, positive: bool = True) -> Range:
+    low, high = value
+    if low > high:
+        raise ValueError(f"low {low} is above high {high}; write [low, high]")
+    if positive and low <= 0:
+        raise ValueError(f"values must be > 0, got low {low}")
+    return value
+
+
+class DataSection(_Section):
+    """Which dataset, how much of it, and how it is split and resized."""
+
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    download: bool = False
+    train_subsample: Annotated[int, Field(gt=0)] | None = None
+    val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
+    image_size: Annotated[int, Field(ge=32, le=512)] = 32
+
+
+class TeacherSection(_Section):
+    """The teacher: a timm model trained here with a budget, or loaded from a checkpoint file."""
+
+    model: str = "resnet18"
+    checkpoint: str | None = None
+    pretrained: bool = False
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 5
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+
+
+class SearchSpaceSection(_Section):
+    """What each trial samples: the student and how it learns from the teacher."""
+
+    families: Annotated[list[str], Field(min_length=1)] = ["resnet", "mobilenetv3", "convnext"]
+    width: Range = (0.125, 0.5)
+    depth: Range = (0.5, 1.0)
+    methods: Annotated[list[str], Field(min_length=1)] = ["hinton_kd"]
+    temperature: Range = (1.0, 8.0)
+    loss_weight: Range = (0.25, 4.0)
+
+    @field_validator("width", "depth", "temperature", "loss_weight")
+    @classmethod
+    def _ranges(cls, value: Range) -> Range:
+        return _check_range(value)
+
+
+class TrainingSection(_Section):
+    """How each student is trained."""
+
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    lr: Annotated[float, Field(gt=0, le=1)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    threads: Annotated[int, Field(ge=1)] | None = None
+
+
+class BudgetSection(_Section):
+    """How much search: completed trials, epochs per trial and an optional wall-clock limit."""
+
+    trials: Annotated[int, Field(ge=1)] = 16
+    epochs: Annotated[int, Field(ge=1)] = 3
+    time_limit_minutes: Annotated[float, Field(gt=0)] | None = None
+    max_consecutive_failures: Annotated[int, Field(ge=1)] = 5
+
+
+class ReferencePoint(_Section):
+    """Hypervolume reference point, fixed before the search starts."""
+
+    retention: Annotated[float, Field(ge=0)] = 0.9
+    compression: Annotated[float, Field(ge=0)] = 1.0
+    latency_ms: Annotated[float, Field(gt=0)] | Literal["teacher"] = "teacher"
+
+
+class ObjectivesSection(_Section):
+    """How the three objectives are measured and judged."""
+
+    latency_batch_size: Annotated[int, Field(ge=1)] = 1
+    latency_threads: Annotated[int, Field(ge=1)] = 1
+    latency_min_run_time_s: Annotated[float, Field(gt=0)] = 0.3
+    retention_floor: Annotated[float, Field(ge=0, le=1.5)] = 0.9
+    reference_point: ReferencePoint = ReferencePoint()
+
+
+class QuantizationSection(_Section):
+    """Post-training INT8 quantization."""
+
+    backend: str = "fx_x86"
+    calibration_batches: Annotated[int, Field(ge=1)] = 8
+
+
+class SamplerSection(_Section):
+    """The Optuna sampler, always configured explicitly."""
+
+    kind: Literal["tpe", "nsga2", "random"] = "tpe"
+    startup_trials: Annotated[int, Field(ge=1)] = 8
+
+
+class Study(_Section):
+    """A whole study file."""
+
+    name: str
+    seed: int = 0
+    data: DataSection = DataSection()
+    teacher: TeacherSection = TeacherSection()
+    search_space: SearchSpaceSection = SearchSpaceSection()
+    training: TrainingSection = TrainingSection()
+    budget: BudgetSection = BudgetSection()
+    objectives: ObjectivesSection = ObjectivesSection()
+    quantization: QuantizationSection = QuantizationSection()
+    sampler: SamplerSection = SamplerSection()
+    plugins: list[str] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return value
+
+    def teacher_key(self) -> str:
+        """Content hash of everything that determines the teacher: its section and the data it sees."""
+        payload = {
+            "teacher": self.teacher.model_dump(),
+            "data": self.data.model_dump(exclude={"data_dir", "download"}),
+            "seed": self.seed,
+            "format": 1,
+        }
+        if self.teacher.checkpoint:
+            payload["checkpoint_sha256"] = _file_sha256(Path(self.teacher.checkpoint))
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _describe(error: dict, document: object) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = error["loc"][:-1]
+        model: type[BaseModel] = Study
+        for part in parent:
+            annotation = model.model_fields[str(part)].annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+        allowed = ", ".join(model.model_fields)
+        return f"unknown field '{loc}' (allowed here: {allowed})"
+    if error["type"] == "missing":
+        return f"field '{loc}' is required"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"field '{loc}' = {error.get('input')!r}: {message}"
+
+
+def parse_study(document: object, source: str = "<study>") -> Study:
+    """Validate a parsed YAML document; raise :class:`StudyFileError` with one line on the first problem."""
+    if not isinstance(document, dict):
+        raise StudyFileError(f"{source}: a study file must be a YAML mapping, got {type(document).__name__}")
+    try:
+        return Study.model_validate(document)
+    except ValidationError as exc:
+        raise StudyFileError(f"{source}: {_describe(exc.errors()[0], document)}") from None
+
+
+def load_study_file(path: str | Path) -> Study:
+    """Read and validate a study file."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyFileError(f"{path}: study file not found")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise StudyFileError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_study(document, str(path))

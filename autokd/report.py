@@ -1,0 +1,257 @@
+"""The Pareto report, built only from what a study stored in its run folder.
+
+``reports/<study>/`` receives: ``index.html`` (self-contained plotly: both fronts and the table of
+front trials), ``pareto.csv`` and ``trials.csv`` (every trial with its settings and metrics) and
+``summary.md`` (teacher figures, the front, the hypervolume and the objective definitions).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+
+from autokd.pareto import OBJECTIVES, hypervolume, pareto_mask
+from autokd.search import JOURNAL, journal_storage
+
+DEFINITIONS = """\
+- **accuracy retention** = top-1 of the INT8 student on the test split / top-1 of the FP32 teacher on the same split.
+  `retention_fp32` is the same ratio for the FP32 student; their gap (`quantization_loss`) is what INT8 cost.
+- **compression ratio** = teacher weight bytes (FP32) / student weight bytes as deployed (INT8 weights with their
+  per-channel scales and zero points, FP32 where a layer stays FP32), counted from element counts and bit-widths,
+  not file sizes. `parameter_ratio` is the plain teacher/student parameter-count ratio.
+- **latency** = median wall time of one forward pass of the deployed INT8 student (torch.utils.benchmark, blocked
+  autorange after warm-up, measured under a lock so no other measurement shares the cores), at the batch size and
+  thread count below; `latency_iqr_ms` is its interquartile range. `speedup_vs_teacher` = FP32 teacher latency,
+  measured the same way, / student latency.
+- **Pareto front**: retention and compression maximised, latency minimised, over completed trials only.
+  **Hypervolume** against the reference point fixed when the study was created."""
+
+SETTINGS = ["family", "width", "depth", "method", "temperature", "loss_weight"]
+
+
+class ReportError(RuntimeError):
+    """There is no study to report on at the given path."""
+
+
+@dataclass
+class StudyResults:
+    """A study's stored results as tables plus its fixed metadata."""
+
+    name: str
+    trials: pd.DataFrame
+    teacher: dict
+    reference_point: dict
+    settings: dict
+
+
+def load_results(run_dir: Path) -> StudyResults:
+    """Read a study's journal into a DataFrame of trials (one row each) and its metadata."""
+    if not (run_dir / JOURNAL).exists():
+        raise ReportError(f"{run_dir} holds no study ({JOURNAL} not found); run 'autokd search STUDY' first")
+    storage = journal_storage(run_dir)
+    names = optuna.get_all_study_names(storage)
+    if not names:
+        raise ReportError(f"{run_dir / JOURNAL} holds no study")
+    name = run_dir.name if run_dir.name in names else names[0]
+    study = optuna.load_study(study_name=name, storage=storage)
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        row = {"trial": trial.number, "state": trial.state.name}
+        row.update(trial.params)
+        if "method" not in row:
+            row["method"] = None
+        for key, value in attrs.items():
+            if key in ("config", "latency", "val_accuracy_per_epoch"):
+                continue
+            row[key] = value
+        latency = attrs.get("latency", {})
+        row["latency_batch_size"] = latency.get("batch_size")
+        row["latency_threads"] = latency.get("threads")
+        row["runtime"] = latency.get("runtime")
+        row["val_accuracy_per_epoch"] = " ".join(f"{v:.4f}" for v in attrs.get("val_accuracy_per_epoch", []))
+        rows.append(row)
+    trials = pd.DataFrame(rows)
+    teacher = study.user_attrs.get("teacher", {})
+    if len(trials) and "latency_ms" in trials and teacher.get("latency"):
+        trials["speedup_vs_teacher"] = teacher["latency"]["median_ms"] / trials["latency_ms"]
+    trials["on_front"] = False
+    complete = trials.index[trials["state"] == "COMPLETE"] if len(trials) else []
+    if len(complete):
+        points = trials.loc[complete, list(OBJECTIVES)].to_numpy(dtype=float)
+        trials.loc[complete, "on_front"] = pareto_mask(points)
+    return StudyResults(
+        name=name,
+        trials=trials,
+        teacher=teacher,
+        reference_point=study.user_attrs.get("reference_point", {}),
+        settings=study.user_attrs.get("study", {}),
+    )
+
+
+def _hover(frame: pd.DataFrame) -> list[str]:
+    texts = []
+    for _, r in frame.iterrows():
+        parts = [f"trial {r['trial']}"] + [
+            f"{k}: {r[k]:.3g}" if isinstance(r[k], float) else f"{k}: {r[k]}"
+            for k in SETTINGS
+            if k in r and pd.notna(r[k])
+        ]
+        parts += [
+            f"params: {int(r['parameters']):,}",
+            f"retention: {r['retention']:.4f} (fp32 {r['retention_fp32']:.4f})",
+            f"compression: {r['compression']:.1f}x",
+            f"latency: {r['latency_ms']:.3f} ms",
+        ]
+        texts.append("<br>".join(parts))
+    return texts
+
+
+def _front_figure(done: pd.DataFrame, x: str, x_title: str, log_x: bool, floor: float) -> go.Figure:
+    fig = go.Figure()
+    for on_front, label, symbol in ((False, "dominated", "circle-open"), (True, "Pareto front", "star")):
+        part = done[done["on_front"] == on_front]
+        fig.add_trace(
+            go.Scatter(
+                x=part[x],
+                y=part["retention"],
+                mode="markers",
+                name=label,
+                marker={"symbol": symbol, "size": 13 if on_front else 9},
+                text=_hover(part),
+                hoverinfo="text",
+            )
+        )
+    fig.add_hline(y=floor, line_dash="dot", annotation_text="retention floor")
+    fig.update_layout(
+        title=f"INT8 retention vs {x_title}",
+        xaxis_title=x_title,
+        yaxis_title="INT8 accuracy retention",
+        template="plotly_white",
+        height=480,
+    )
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+FRONT_COLUMNS = [
+    "trial",
+    *SETTINGS,
+    "parameters",
+    "retention",
+    "retention_fp32",
+    "compression",
+    "parameter_ratio",
+    "latency_ms",
+    "latency_iqr_ms",
+    "speedup_vs_teacher",
+    "wall_seconds",
+]
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    columns = [c for c in FRONT_COLUMNS if c in frame]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in frame[columns].iterrows():
+        cells = []
+        for c in columns:
+            v = row[c]
+            cells.append(f"{v:,}" if c == "parameters" else f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, reports_root: Path) -> Path:
+    """Write the report of the study in ``run_dir`` to ``reports_root/<study>/`` and return that folder."""
+    results = load_results(run_dir)
+    out = reports_root / results.name
+    out.mkdir(parents=True, exist_ok=True)
+    trials = results.trials
+    trials.to_csv(out / "trials.csv", index=False)
+    done = trials[trials["state"] == "COMPLETE"] if len(trials) else trials
+    front = done[done["on_front"]].sort_values("compression", ascending=False) if len(done) else done
+    front.to_csv(out / "pareto.csv", index=False)
+
+    ref = results.reference_point
+    hv = (
+        hypervolume(
+            done[list(OBJECTIVES)].to_numpy(dtype=float),
+            (ref["retention"], ref["compression"], ref["latency_ms"]),
+        )
+        if len(done) and ref
+        else 0.0
+    )
+    teacher = results.teacher
+    objectives = results.settings.get("objectives", {})
+    floor = objectives.get("retention_floor", 0.9)
+    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    t_lat = teacher.get("latency", {})
+    summary = [
+        f"# autokd report: {results.name}",
+        "",
+        "## Teacher",
+        f"- model: {teacher.get('model')} ({teacher.get('parameters', 0):,} parameters, {teacher.get('weight_bytes', 0) / 1e6:.2f} MB FP32 weights)",
+        f"- test top-1 (FP32): {teacher.get('test_accuracy', float('nan')):.4f}; val top-1: {teacher.get('val_accuracy', float('nan')):.4f}",
+        f"- FP32 latency: {t_lat.get('median_ms', float('nan')):.3f} ms median (IQR {t_lat.get('iqr_ms', float('nan')):.3f}) "
+        f"at batch {t_lat.get('batch_size')} with {t_lat.get('threads')} thread(s), {t_lat.get('runtime')}",
+        f"- measured on: {t_lat.get('cpu')}, torch {t_lat.get('torch_version')}",
+        "",
+        "## Trials",
+        "- " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
+        if counts
+        else "- none yet",
+        f"- hypervolume: {hv:.4f} against reference point retention={ref.get('retention')}, compression={ref.get('compression')}, "
+        f"latency_ms={ref.get('latency_ms', float('nan')):.3f}",
+        f"- retention floor: {floor}; front members above it: {int((front['retention'] >= floor).sum()) if len(front) else 0}",
+        "",
+        f"## Pareto front ({len(front)} trials)",
+        "",
+        _markdown_table(front) if len(front) else "(no completed trials)",
+        "",
+        "## Objective definitions",
+        DEFINITIONS,
+        "",
+    ]
+    (out / "summary.md").write_text("\n".join(summary))
+
+    figures = []
+    if len(done):
+        figures = [
+            _front_figure(done, "compression", "compression ratio (x, log)", True, floor),
+            _front_figure(
+                done,
+                "latency_ms",
+                f"INT8 latency, ms (batch {t_lat.get('batch_size')}, {t_lat.get('threads')} thread(s))",
+                True,
+                floor,
+            ),
+        ]
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    table = (
+        front[[c for c in FRONT_COLUMNS if c in front]].to_html(
+            index=False, float_format=lambda v: f"{v:.4f}", border=0
+        )
+        if len(front)
+        else "<p>No completed trials.</p>"
+    )
+    definitions_html = "".join(
+        f"<li>{html.escape(line.lstrip('- ').replace('**', ''))}</li>" for line in DEFINITIONS.split("\n- ")
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autokd: {html.escape(results.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}</style></head><body>
+<h1>autokd report: {html.escape(results.name)}</h1>
+<p>Teacher {html.escape(str(teacher.get("model")))}: test top-1 {teacher.get("test_accuracy", float("nan")):.4f},
+{teacher.get("parameters", 0):,} parameters, FP32 latency {t_lat.get("median_ms", float("nan")):.3f} ms.
+Trials: {html.escape(", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))}. Hypervolume {hv:.4f}.</p>
+{"".join(parts)}
+<h2>Pareto front</h2>{table}
+<h2>Definitions</h2><ul>{definitions_html}</ul></body></html>"""
+    (out / "index.html").write_text(page)
+    return out

@@ -1,0 +1,135 @@
+"""The teacher: trained once per content hash (or loaded from a checkpoint) and its outputs cached.
+
+Everything lives under ``<runs>/_teachers/<key>/``, where ``key`` hashes the teacher section and the
+data it sees, so any later study with the same teacher and data reuses it:
+
+- ``teacher.pt``: the state dict (loaded with ``torch.load(weights_only=True)``),
+- ``metrics.json``: accuracy on val and test, parameter count, FP32 weight bytes, training time,
+- ``train_logits.pt``: logits on the training split, computed once and read by every trial.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from autokd.config import Study
+from autokd.data import DataSplits
+from autokd.quantize import fp32_weight_bytes
+from autokd.students import count_parameters
+from autokd.train import TrainSettings, evaluate, predict_logits, train
+
+TEACHERS_DIR = "_teachers"
+
+
+@dataclass
+class Teacher:
+    """A ready teacher: the FP32 model, its metrics and its cached training-split logits."""
+
+    key: str
+    directory: Path
+    model: nn.Module
+    train_logits: torch.Tensor
+    test_accuracy: float
+    val_accuracy: float
+    parameters: int
+    weight_bytes: int
+    model_name: str
+
+
+def _build(study: Study, data: DataSplits) -> nn.Module:
+    return timm.create_model(
+        study.teacher.model,
+        pretrained=study.teacher.pretrained,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+    )
+
+
+def prepare_teacher(
+    study: Study, data: DataSplits, runs_root: Path, log: Callable[[str], None] = print
+) -> Teacher:
+    """Return the study's teacher, training it (or loading its checkpoint) only when not cached yet."""
+    key = study.teacher_key()
+    directory = runs_root / TEACHERS_DIR / key
+    weights, metrics_path, logits_path = (
+        directory / "teacher.pt",
+        directory / "metrics.json",
+        directory / "train_logits.pt",
+    )
+    model = _build(study, data)
+    if weights.exists() and metrics_path.exists():
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        metrics = json.loads(metrics_path.read_text())
+        log(
+            f"teacher {study.teacher.model} {key}: reused from {directory} (test top-1 {metrics['test_accuracy']:.4f})"
+        )
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        if study.teacher.checkpoint:
+            model.load_state_dict(torch.load(study.teacher.checkpoint, weights_only=True))
+            log(f"teacher {study.teacher.model}: loaded {study.teacher.checkpoint}")
+        else:
+            t = study.teacher
+            log(
+                f"teacher {t.model}: training {t.epochs} epochs on {len(data.train_x)} images (once; cached as {key})"
+            )
+
+            def report(epoch: int, m: nn.Module) -> None:
+                log(
+                    f"  teacher epoch {epoch}/{t.epochs}: val top-1 {evaluate(m, data.val_x, data.val_y):.4f}"
+                )
+                m.train()
+
+            train(
+                model,
+                data.train_x,
+                data.train_y,
+                TrainSettings(
+                    epochs=t.epochs,
+                    batch_size=t.batch_size,
+                    lr=t.lr,
+                    weight_decay=t.weight_decay,
+                    seed=study.seed,
+                ),
+                on_epoch=report,
+            )
+        metrics = {
+            "model": study.teacher.model,
+            "key": key,
+            "val_accuracy": evaluate(model, data.val_x, data.val_y),
+            "test_accuracy": evaluate(model, data.test_x, data.test_y),
+            "parameters": count_parameters(model),
+            "weight_bytes": fp32_weight_bytes(model),
+            "seconds": time.perf_counter() - start,
+            "source": study.teacher.checkpoint or "trained",
+            "teacher_section": study.teacher.model_dump(),
+        }
+        torch.save(model.state_dict(), weights)
+        metrics_path.write_text(json.dumps(metrics, indent=2))
+        log(f"teacher ready: test top-1 {metrics['test_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
+    model.eval()
+    if logits_path.exists():
+        train_logits = torch.load(logits_path, weights_only=True)
+    else:
+        train_logits = predict_logits(model, data.train_x)
+        torch.save(train_logits, logits_path)
+    return Teacher(
+        key=key,
+        directory=directory,
+        model=model,
+        train_logits=train_logits,
+        test_accuracy=metrics["test_accuracy"],
+        val_accuracy=metrics["val_accuracy"],
+        parameters=metrics["parameters"],
+        weight_bytes=metrics["weight_bytes"],
+        model_name=study.teacher.model,
+    )

@@ -1,0 +1,174 @@
+"""One trial as a plain function of its config: build → train → FP32 eval → INT8 → INT8 eval → latency.
+
+No orchestrator is imported here: Optuna, Ray Tune and the tests all call :func:`run_trial`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autokd.data import DataSplits
+from autokd.distill import PLUGINS, ModelInfo
+from autokd.measure import Latency, measure_latency
+from autokd.quantize import BACKENDS, deployed_weight_bytes, quantize
+from autokd.students import build_student, count_parameters
+from autokd.train import TrainSettings, WeightedPlugin, evaluate, feature_stage_indices, train
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Every setting one trial needs; sampled by an orchestrator or written by hand."""
+
+    family: str
+    width: float
+    depth: float
+    methods: tuple[str, ...] = ("hinton_kd",)
+    temperature: float = 4.0
+    loss_weight: float = 1.0
+    plugin_params: dict[str, dict[str, float]] = field(default_factory=dict)
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+    quantization_backend: str = "fx_x86"
+    calibration_batches: int = 8
+    latency_batch_size: int = 1
+    latency_threads: int = 1
+    latency_min_run_time_s: float = 0.3
+
+
+@dataclass(frozen=True)
+class TeacherReference:
+    """What a trial needs of the teacher: its cached outputs, model (for features) and FP32 figures."""
+
+    model: nn.Module
+    train_logits: torch.Tensor
+    test_accuracy: float
+    parameters: int
+    weight_bytes: int
+
+
+def _model_info(model: nn.Module, stages: list[int], num_classes: int) -> ModelInfo:
+    channels = (
+        tuple(model.feature_info[i]["num_chs"] for i in feature_stage_indices(model, stages))
+        if stages
+        else ()
+    )
+    return ModelInfo(feature_channels=channels, num_classes=num_classes)
+
+
+def build_plugins(
+    config: TrialConfig, student: nn.Module, teacher: nn.Module, num_classes: int
+) -> list[WeightedPlugin]:
+    """Instantiate the trial's plugins with their sampled hyperparameters and adapters sized for both models."""
+    entries = []
+    for name in config.methods:
+        cls = PLUGINS.get(name)
+        stages = list(cls.needs_features)
+        plugin = cls(
+            _model_info(student, stages, num_classes),
+            _model_info(teacher, stages, num_classes),
+            **config.plugin_params.get(name, {}),
+        )
+        entries.append(WeightedPlugin(plugin=plugin, weight=config.loss_weight))
+    return entries
+
+
+def run_trial(
+    config: TrialConfig,
+    data: DataSplits,
+    teacher: TeacherReference,
+    *,
+    on_epoch: Callable[[int, float], None] | None = None,
+    latency_lock: Path | None = None,
+) -> dict:
+    """Train, quantize and measure one student; return every metric (see the objective definitions).
+
+    ``on_epoch(epoch, val_accuracy)`` is called after every epoch; raising from it stops the trial.
+    """
+    wall_start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    student = build_student(
+        config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
+    )
+    plugins = build_plugins(config, student, teacher.model, data.num_classes)
+    val_history: list[float] = []
+
+    def after_epoch(epoch: int, model: nn.Module) -> None:
+        val_history.append(evaluate(model, data.val_x, data.val_y))
+        if on_epoch is not None:
+            on_epoch(epoch, val_history[-1])
+
+    train(
+        student,
+        data.train_x,
+        data.train_y,
+        TrainSettings(config.epochs, config.batch_size, config.lr, config.weight_decay, config.seed),
+        plugins=plugins,
+        temperature=config.temperature,
+        teacher_logits=teacher.train_logits,
+        teacher=teacher.model,
+        on_epoch=after_epoch,
+    )
+    train_seconds = time.perf_counter() - wall_start
+
+    quant_start = time.perf_counter()
+    fp32_accuracy = evaluate(student, data.test_x, data.test_y)
+    calibration = [
+        data.train_x[i * config.batch_size : (i + 1) * config.batch_size]
+        for i in range(config.calibration_batches)
+    ]
+    calibration = [batch for batch in calibration if len(batch)]
+    int8_model = quantize(student, calibration, config.quantization_backend)
+    int8_accuracy = evaluate(int8_model, data.test_x, data.test_y)
+    with torch.no_grad():
+        probe = data.test_x[:1000]
+        agreement = float((student(probe).argmax(1) == int8_model(probe).argmax(1)).float().mean())
+    quant_seconds = time.perf_counter() - quant_start
+
+    measure_start = time.perf_counter()
+    example = data.test_x[: config.latency_batch_size]
+    if len(example) < config.latency_batch_size:  # tiny test splits: repeat rows to the asked batch
+        example = example.repeat(config.latency_batch_size // len(example) + 1, 1, 1, 1)[
+            : config.latency_batch_size
+        ]
+    latency: Latency = measure_latency(
+        int8_model,
+        example,
+        threads=config.latency_threads,
+        min_run_time_s=config.latency_min_run_time_s,
+        runtime=BACKENDS.get(config.quantization_backend).runtime,
+        lock_path=latency_lock,
+    )
+    measure_seconds = time.perf_counter() - measure_start
+
+    parameters = count_parameters(student)
+    weight_bytes = deployed_weight_bytes(int8_model)
+    return {
+        "retention": int8_accuracy / teacher.test_accuracy,
+        "compression": teacher.weight_bytes / weight_bytes,
+        "latency_ms": latency.median_ms,
+        "latency_iqr_ms": latency.iqr_ms,
+        "retention_fp32": fp32_accuracy / teacher.test_accuracy,
+        "quantization_loss": (fp32_accuracy - int8_accuracy) / teacher.test_accuracy,
+        "int8_accuracy": int8_accuracy,
+        "fp32_accuracy": fp32_accuracy,
+        "int8_fp32_agreement": agreement,
+        "parameters": parameters,
+        "parameter_ratio": teacher.parameters / parameters,
+        "weight_bytes": weight_bytes,
+        "val_accuracy_per_epoch": val_history,
+        "latency": latency.as_dict(),
+        "train_seconds": train_seconds,
+        "quantize_seconds": quant_seconds,
+        "latency_seconds": measure_seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "config": asdict(config),
+    }

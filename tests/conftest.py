@@ -1,0 +1,49 @@
+"""Shared fixtures: small study documents and a runs folder whose cached teacher tests share."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+# A study small enough for tests: digits, a small teacher, one-epoch tiny students.
+TINY_STUDY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "digits", "image_size": 32},
+    "teacher": {"model": "resnet10t", "epochs": 3, "batch_size": 32, "lr": 0.003},
+    "search_space": {
+        "families": ["resnet", "convnext"],
+        "width": [0.125, 0.25],
+        "depth": [0.5, 0.5],
+        "methods": ["hinton_kd"],
+        "temperature": [2.0, 4.0],
+        "loss_weight": [0.5, 2.0],
+    },
+    "training": {"batch_size": 64, "threads": 1},
+    "budget": {"trials": 2, "epochs": 1},
+    "objectives": {"latency_min_run_time_s": 0.05},
+    "quantization": {"calibration_batches": 2},
+    "sampler": {"kind": "random"},
+}
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A runs folder shared by the session, so the tiny teacher is trained once."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture
+def tiny_study() -> dict:
+    """A fresh copy of the tiny study document."""
+    return copy.deepcopy(TINY_STUDY)
+
+
+def write_study(directory: Path, document: dict) -> Path:
+    """Write ``document`` as ``<directory>/<name>.yaml`` and return its path."""
+    path = directory / f"{document['name']}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path

@@ -1,0 +1,113 @@
+"""Study-file validation: every invalid file is one line naming the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autokd.cli import main
+from autokd.config import StudyFileError, load_study_file, parse_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def error_of(document: object) -> str:
+    with pytest.raises(StudyFileError) as info:
+        parse_study(document, "s.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_top_level_key_is_an_error_listing_allowed_fields():
+    message = error_of({"name": "a", "epochs": 3})
+    assert "unknown field 'epochs'" in message and "budget" in message
+
+
+def test_unknown_nested_key_names_its_section():
+    assert "unknown field 'data.subsample'" in error_of({"name": "a", "data": {"subsample": 10}})
+
+
+def test_reversed_range_names_field_and_value():
+    message = error_of({"name": "a", "search_space": {"width": [0.5, 0.1]}})
+    assert (
+        "search_space.width" in message and "[0.5, 0.1]" in message and "low 0.5 is above high 0.1" in message
+    )
+
+
+def test_non_positive_range_is_rejected():
+    assert "must be > 0" in error_of({"name": "a", "search_space": {"temperature": [0, 4]}})
+
+
+def test_sampler_kind_lists_allowed_values():
+    message = error_of({"name": "a", "sampler": {"kind": "cmaes"}})
+    assert "sampler.kind" in message and "'cmaes'" in message and "'tpe'" in message
+
+
+def test_missing_name_is_reported():
+    assert "field 'name' is required" in error_of({"seed": 1})
+
+
+def test_budget_trials_must_be_positive():
+    assert "budget.trials" in error_of({"name": "a", "budget": {"trials": 0}})
+
+
+def test_image_size_below_32_is_rejected():
+    assert "data.image_size" in error_of({"name": "a", "data": {"image_size": 16}})
+
+
+def test_document_must_be_a_mapping():
+    assert "must be a YAML mapping" in error_of(["name", "a"])
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: a\ndata: [unclosed\n")
+    with pytest.raises(StudyFileError, match="not valid YAML at line"):
+        load_study_file(path)
+
+
+def test_defaults_fill_a_minimal_study():
+    study = parse_study({"name": "minimal"})
+    assert study.sampler.kind == "tpe" and study.budget.trials >= 1 and study.objectives.latency_threads == 1
+
+
+def test_teacher_key_changes_with_teacher_and_data_but_not_search_space():
+    base = parse_study({"name": "a"})
+    assert base.teacher_key() == parse_study({"name": "b", "budget": {"trials": 99}}).teacher_key()
+    assert base.teacher_key() != parse_study({"name": "a", "teacher": {"epochs": 9}}).teacher_key()
+    assert base.teacher_key() != parse_study({"name": "a", "data": {"train_subsample": 100}}).teacher_key()
+
+
+def test_shipped_studies_are_valid():
+    for path in sorted((REPO / "studies").glob("*.yaml")):
+        load_study_file(path)
+
+
+def test_cli_exits_2_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nbudget: {trials: -1}\n")
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "budget.trials" in err and "-1" in err
+
+
+def test_unknown_family_exits_2_naming_allowed_families(tmp_path, capsys):
+    path = tmp_path / "fam.yaml"
+    path.write_text("name: fam\ndata: {dataset: digits}\nsearch_space: {families: [resnet, lenet]}\n")
+    assert main(["search", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "search_space.families.1" in err and "'lenet'" in err and "convnext" in err
+
+
+def test_cli_prints_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nbogus: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "autokd.cli", "search", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "unknown field 'bogus'" in result.stderr

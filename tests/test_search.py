@@ -1,0 +1,164 @@
+"""The Optuna orchestration: journal storage, failed trials, resume after SIGKILL, and the trial function."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autokd.config import parse_study
+from autokd.search import JOURNAL, journal_storage, run_search
+from tests.conftest import write_study
+
+RAISING_PLUGIN = '''
+from autokd.distill import DistillationPlugin, register_plugin
+
+@register_plugin("explode")
+class Explode(DistillationPlugin):
+    """Response plugin that always raises (for tests)."""
+    kind = "response"
+
+    def forward(self, inputs):
+        raise RuntimeError("boom from the plugin")
+'''
+
+
+@pytest.fixture(scope="module")
+def raising_plugin(tmp_path_factory) -> str:
+    """One plugin file for the module: registering 'explode' from two files would be a name clash."""
+    path = tmp_path_factory.mktemp("plugins") / "explode.py"
+    path.write_text(RAISING_PLUGIN)
+    return str(path)
+
+
+def trials_of(run_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=journal_storage(run_dir)).get_trials()
+
+
+def test_completed_trials_store_objectives_and_settings(tiny_study, shared_runs):
+    tiny_study["name"] = "stores"
+    outcome = run_search(parse_study(tiny_study), runs_root=shared_runs, log=lambda _: None, progress=False)
+    assert (outcome.run_dir / JOURNAL).exists() and outcome.completed == 2
+    trial = trials_of(outcome.run_dir, "stores")[0]
+    assert trial.state == TrialState.COMPLETE and len(trial.values) == 3
+    assert trial.values[0] == pytest.approx(trial.user_attrs["retention"])
+    assert {"family", "width", "depth", "method", "temperature", "loss_weight"} <= set(trial.params)
+    for key in (
+        "retention_fp32",
+        "parameters",
+        "latency_iqr_ms",
+        "wall_seconds",
+        "compression",
+        "parameter_ratio",
+    ):
+        assert key in trial.user_attrs
+
+
+def test_raising_trial_is_failed_with_its_message_and_the_study_goes_on(
+    tiny_study, shared_runs, tmp_path, raising_plugin
+):
+    tiny_study.update(name="raising", plugins=[raising_plugin])
+    tiny_study["search_space"]["methods"] = ["explode", "hinton_kd"]
+    tiny_study["budget"]["max_consecutive_failures"] = 50
+    study_path = write_study(tmp_path, tiny_study)
+    outcome = run_search(
+        parse_study(tiny_study),
+        runs_root=shared_runs,
+        study_path=study_path,
+        log=lambda _: None,
+        progress=False,
+    )
+    trials = trials_of(outcome.run_dir, "raising")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed, "the random sampler should have drawn the raising plugin at least once"
+    assert all(
+        "plugin 'explode' raised RuntimeError: boom from the plugin" in t.user_attrs["error"] for t in failed
+    )
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+def test_consecutive_failures_stop_the_study(tiny_study, shared_runs, tmp_path, raising_plugin):
+    tiny_study.update(name="all-failing", plugins=[raising_plugin])
+    tiny_study["search_space"]["methods"] = ["explode"]
+    tiny_study["budget"]["max_consecutive_failures"] = 2
+    study_path = write_study(tmp_path, tiny_study)
+    outcome = run_search(
+        parse_study(tiny_study),
+        runs_root=shared_runs,
+        study_path=study_path,
+        log=lambda _: None,
+        progress=False,
+    )
+    assert outcome.completed == 0 and outcome.stopped_reason == "2 consecutive failed trials"
+
+
+def _count(run_dir: Path, name: str, state: TrialState) -> int:
+    if not (run_dir / JOURNAL).exists():
+        return 0
+    try:
+        return sum(t.state == state for t in trials_of(run_dir, name))
+    except KeyError:  # study not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_keeps_completed_and_fails_the_killed_trial(tiny_study, shared_runs, tmp_path):
+    tiny_study["name"] = "killed"
+    tiny_study["budget"]["trials"] = 3
+    study_path = write_study(tmp_path, tiny_study)
+    run_dir = shared_runs / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "autokd.cli",
+        "search",
+        str(study_path),
+        "--runs-dir",
+        str(shared_runs),
+        "--reports-dir",
+        str(tmp_path / "reports"),
+        "--no-progress",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        # Kill it while a trial runs after at least one has completed.
+        while not (
+            _count(run_dir, "killed", TrialState.COMPLETE) >= 1
+            and _count(run_dir, "killed", TrialState.RUNNING) == 1
+        ):
+            assert process.poll() is None, "the search finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    completed_before = _count(run_dir, "killed", TrialState.COMPLETE)
+    assert _count(run_dir, "killed", TrialState.RUNNING) == 1
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    trials = trials_of(run_dir, "killed")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+    killed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(killed) == 1 and "killed" in killed[0].user_attrs["error"]
+    assert completed_before >= 1 and "interrupted trial(s) marked FAILED" in result.stdout
+
+
+def test_rerunning_a_finished_study_runs_no_new_trial(tiny_study, shared_runs):
+    tiny_study["name"] = "finished"
+    tiny_study["budget"]["trials"] = 1
+    study = parse_study(tiny_study)
+    run_search(study, runs_root=shared_runs, log=lambda _: None, progress=False)
+    run_search(study, runs_root=shared_runs, log=lambda _: None, progress=False)
+    assert len(trials_of(shared_runs / "finished", "finished")) == 1

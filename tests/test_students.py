@@ -1,0 +1,65 @@
+"""Each family maps width and depth to its real timm constructor arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autokd.students import FAMILIES, build_student, count_parameters
+from autokd.students.convnext import convnext_arguments
+from autokd.students.resnet import resnet_arguments
+
+FAMILY_NAMES = ["resnet", "mobilenetv3", "convnext"]
+
+
+def blocks(model) -> int:
+    """Residual/inverted-residual blocks in a timm model, counted by the family's own structure."""
+    if hasattr(model, "layer1"):
+        return sum(len(getattr(model, f"layer{i}")) for i in range(1, 5))
+    if hasattr(model, "stages"):
+        return sum(len(stage.blocks) for stage in model.stages)
+    return sum(len(stage) for stage in model.blocks)
+
+
+def test_three_families_are_registered():
+    assert set(FAMILY_NAMES) <= set(FAMILIES.names())
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_width_increases_parameters(family):
+    narrow = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1)
+    wide = build_student(family, 0.5, 0.5, num_classes=10, in_chans=1)
+    assert count_parameters(wide) > count_parameters(narrow)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_depth_increases_blocks(family):
+    shallow = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1)
+    deep = build_student(family, 0.25, 1.0, num_classes=10, in_chans=1)
+    assert blocks(deep) > blocks(shallow)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_student_classifies_small_grey_images(family):
+    model = build_student(family, 0.125, 0.5, num_classes=7, in_chans=1).eval()
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+
+
+def test_resnet_arguments_scale_resnet18():
+    assert resnet_arguments(1.0, 1.0) == {"layers": (2, 2, 2, 2), "channels": (64, 128, 256, 512)}
+    assert resnet_arguments(0.25, 0.5) == {"layers": (1, 1, 1, 1), "channels": (16, 32, 64, 128)}
+
+
+def test_convnext_arguments_scale_atto():
+    assert convnext_arguments(0.5, 0.5) == {"depths": (1, 1, 3, 1), "dims": (24, 40, 80, 160)}
+
+
+def test_resnet_width_reaches_the_model():
+    model = build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1)
+    assert model.layer1[0].conv1.out_channels == 16 and model.layer4[0].conv1.out_channels == 128
+
+
+def test_mobilenetv3_width_reaches_the_model():
+    half = build_student("mobilenetv3", 0.5, 1.0, num_classes=10, in_chans=1)
+    full = build_student("mobilenetv3", 1.0, 1.0, num_classes=10, in_chans=1)
+    assert half.blocks[-2][-1].conv_pwl.out_channels < full.blocks[-2][-1].conv_pwl.out_channels
