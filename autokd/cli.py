@@ -9,6 +9,7 @@ from pathlib import Path
 from autokd.config import StudyFileError, load_study_file
 from autokd.data import DatasetUnavailableError
 from autokd.distill import PluginLoadError
+from autokd.plugin_cli import add_plugin_commands
 from autokd.registry import RegistryError
 from autokd.report import ReportError
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reports-dir", type=Path, default=Path("reports"), help="where reports go (default: reports)"
     )
     report.set_defaults(handler=_report)
+    add_plugin_commands(sub)
     return parser
 
 

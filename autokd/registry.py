@@ -39,6 +39,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (used to roll back a plugin file that failed half-way through importing)."""
+        self._items.pop(name, None)
+        self._origins.pop(name, None)
+
     def get(self, name: str) -> T:
         """Return the object registered as ``name`` or raise a one-line error listing the choices."""
         try:

@@ -10,7 +10,7 @@ from autokd.distill import DistillationPlugin, DistillInputs, register_plugin
 
 @register_plugin("hinton_kd")
 class HintonKD(DistillationPlugin):
-    """KL(teacher ‖ student) between temperature-softened distributions, scaled by T².
+    """Response distillation: KL(teacher ‖ student) between temperature-softened distributions, × T².
 
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531 (2015).
     The KL takes the student's log-probabilities and the teacher's probabilities (torch's argument
@@ -23,5 +23,5 @@ class HintonKD(DistillationPlugin):
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         t = inputs.temperature
         student_log_p = F.log_softmax(inputs.student_logits / t, dim=1)
-        teacher_p = F.softmax(inputs.teacher_logits / t, dim=1)
+        teacher_p = F.softmax(inputs.teacher_logits.detach() / t, dim=1)
         return F.kl_div(student_log_p, teacher_p, reduction="batchmean") * t * t

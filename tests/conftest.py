@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from autokd.distill import PLUGINS, load_builtin_plugins
 
 # A study small enough for tests: digits, a small teacher, one-epoch tiny students.
 TINY_STUDY = {
@@ -40,6 +43,26 @@ def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_study() -> dict:
     """A fresh copy of the tiny study document."""
     return copy.deepcopy(TINY_STUDY)
+
+
+# Modules that tests create and import; anything else newly imported stays loaded.
+TEST_MODULE_PREFIXES = ("autokd_user_plugins.", "plugins.autokd_test_", "autokd_test_")
+
+
+@pytest.fixture
+def clean_registry():
+    """Restore the plugin registry and drop the plugin modules a test imported, afterwards."""
+    load_builtin_plugins()  # snapshot with the built-ins in, or they would vanish for later tests
+    items, origins = dict(PLUGINS._items), dict(PLUGINS._origins)
+    modules = set(sys.modules)
+    yield
+    PLUGINS._items.clear()
+    PLUGINS._items.update(items)
+    PLUGINS._origins.clear()
+    PLUGINS._origins.update(origins)
+    for name in set(sys.modules) - modules:
+        if name.startswith(TEST_MODULE_PREFIXES):
+            del sys.modules[name]
 
 
 def write_study(directory: Path, document: dict) -> Path:

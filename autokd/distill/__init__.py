@@ -11,11 +11,12 @@ named by a study file, and in installed packages that declare an ``autokd.plugin
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import pkgutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -53,8 +54,9 @@ class DistillInputs:
     """What a plugin sees for one batch.
 
     ``student_features``/``teacher_features`` hold one tensor per stage that the plugin asked for in
-    ``needs_features`` (stage indices of the timm model, negative counting from the last stage).
-    Teacher tensors never carry gradients.
+    ``needs_features`` (stage indices of the timm model, negative counting from the last stage), in
+    that order; repeats that name the same stage of a shallow model appear once. Teacher tensors never
+    carry gradients.
     """
 
     student_logits: torch.Tensor
@@ -76,7 +78,9 @@ class ModelInfo:
 class DistillationPlugin(nn.Module):
     """Base class of every distillation loss.
 
-    Subclasses set ``kind``, ``needs_teacher_logits``, ``needs_features`` and ``hyperparameters``,
+    Subclasses set ``kind``, ``needs_teacher_logits``, ``needs_features`` (timm stage indices,
+    negative from the last stage; the plugin receives exactly those stages of the student, and of the
+    teacher unless ``needs_teacher_features`` is False) and ``hyperparameters``,
     accept their hyperparameters as keyword arguments in ``__init__`` and implement ``forward``.
     Learnable parts (adapters) are ordinary submodules: the trainer optimises them with the student
     and discards them afterwards.
@@ -86,6 +90,7 @@ class DistillationPlugin(nn.Module):
     kind: ClassVar[Kind]
     needs_teacher_logits: ClassVar[bool] = True
     needs_features: ClassVar[tuple[int, ...]] = ()
+    needs_teacher_features: ClassVar[bool] = True
     hyperparameters: ClassVar[dict[str, Hyperparameter]] = {}
 
     def __init__(self, student: ModelInfo | None = None, teacher: ModelInfo | None = None, **hparams: float):
@@ -121,6 +126,24 @@ def register_plugin(name: str) -> Callable[[type[DistillationPlugin]], type[Dist
     return decorator
 
 
+@contextlib.contextmanager
+def _loading(what: str, module_name: str) -> Iterator[None]:
+    """Turn any import failure of a plugin module into one PluginLoadError naming ``what``.
+
+    Whatever the half-imported module registered is rolled back, so that a fixed file loads cleanly.
+    """
+    before = set(PLUGINS.names())
+    try:
+        yield
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        for name in set(PLUGINS.names()) - before:
+            PLUGINS.unregister(name)
+        if isinstance(exc, RegistryError):
+            raise PluginLoadError(f"{what}: {exc}") from None
+        raise PluginLoadError(f"{what} failed to import: {type(exc).__name__}: {exc}") from None
+
+
 def _import_file(path: Path) -> None:
     module_name = f"autokd_user_plugins.{path.parent.name}.{path.stem}".replace("-", "_")
     if module_name in sys.modules:
@@ -129,25 +152,8 @@ def _import_file(path: Path) -> None:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    try:
+    with _loading(f"plugin file {path}", module_name):
         spec.loader.exec_module(module)
-    except RegistryError as exc:
-        del sys.modules[module_name]
-        raise PluginLoadError(f"plugin file {path}: {exc}") from None
-    except Exception as exc:
-        del sys.modules[module_name]
-        raise PluginLoadError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from None
-
-
-def _import_module(name: str, where: str) -> None:
-    try:
-        importlib.import_module(name)
-    except RegistryError as exc:
-        raise PluginLoadError(f"plugin module {name} ({where}): {exc}") from None
-    except Exception as exc:
-        raise PluginLoadError(
-            f"plugin module {name} ({where}) failed to import: {type(exc).__name__}: {exc}"
-        ) from None
 
 
 def load_builtin_plugins() -> None:
@@ -155,20 +161,16 @@ def load_builtin_plugins() -> None:
     import plugins
 
     for info in pkgutil.iter_modules(plugins.__path__):
-        _import_module(f"plugins.{info.name}", str(Path(plugins.__path__[0]) / f"{info.name}.py"))
+        name = f"plugins.{info.name}"
+        with _loading(f"plugin module {name} ({Path(info.module_finder.path) / info.name}.py)", name):
+            importlib.import_module(name)
 
 
 def load_entry_point_plugins() -> None:
     """Import the modules that installed packages declare in the ``autokd.plugins`` entry-point group."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
+        with _loading(f"plugin entry point '{ep.name}' ({ep.value})", ep.module):
             ep.load()
-        except RegistryError as exc:
-            raise PluginLoadError(f"plugin entry point '{ep.name}' ({ep.value}): {exc}") from None
-        except Exception as exc:
-            raise PluginLoadError(
-                f"plugin entry point '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
-            ) from None
 
 
 def load_plugin_paths(paths: Iterable[str | Path]) -> None:

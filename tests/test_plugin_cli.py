@@ -1,0 +1,146 @@
+"""``autokd plugins list`` and ``autokd plugins show``."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autokd.cli import main
+from autokd.distill import PLUGINS
+
+BUILTIN_KINDS = {
+    "hinton_kd": "response",
+    "dkd": "response",
+    "dist": "response",
+    "fitnets": "feature",
+    "attention_transfer": "feature",
+    "nst": "feature",
+    "rkd": "relation",
+    "pkt": "relation",
+    "sp": "relation",
+    "self_distillation_exits": "self",
+    "tf_kd": "self",
+}
+
+STUDY_PLUGIN = textwrap.dedent(
+    '''
+    from autokd.distill import DistillationPlugin, Hyperparameter, register_plugin
+
+
+    @register_plugin("cli_study_demo")
+    class CliStudyDemo(DistillationPlugin):
+        """A plugin named by a study file (relation kind)."""
+
+        kind = "relation"
+        needs_teacher_logits = False
+        needs_features = (-1,)
+        hyperparameters = {"scale": Hyperparameter(low=0.5, high=2.0, default=1.0)}
+
+        def forward(self, inputs):
+            return inputs.student_features[-1].sum() * 0
+    '''
+)
+
+
+@pytest.fixture
+def study_with_plugins(tmp_path: Path) -> Path:
+    """A study file in its own folder naming a plugin folder relative to that folder."""
+    folder = tmp_path / "project"
+    (folder / "my_plugins").mkdir(parents=True)
+    (folder / "my_plugins" / "demo.py").write_text(STUDY_PLUGIN)
+    study = folder / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "cli_demo", "plugins": ["my_plugins"]}))
+    return study
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["plugins", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """Rows of the ``list`` table by plugin name, split on runs of two or more spaces."""
+    rows = [re.split(r"\s{2,}", line.strip()) for line in out.strip().splitlines()[1:]]
+    return {row[0]: row for row in rows}
+
+
+def test_list_has_a_header_and_one_row_per_plugin(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["NAME", "KIND", "NEEDS"]
+    assert set(BUILTIN_KINDS) <= set(table_rows(out))
+
+
+def test_list_shows_each_plugins_kind(capsys):
+    _, out, _ = run(capsys, "list")
+    rows = table_rows(out)
+    for name, kind in BUILTIN_KINDS.items():
+        assert rows[name][1] == kind
+
+
+def test_list_shows_what_each_plugin_needs(capsys):
+    _, out, _ = run(capsys, "list")
+    rows = table_rows(out)
+    assert rows["hinton_kd"][2] == "teacher logits"
+    assert rows["fitnets"][2] == "stages -2"
+    assert rows["self_distillation_exits"][2] == "student stages -4,-3,-2"
+    assert rows["tf_kd"][2] == "-"
+
+
+def test_list_shows_hyperparameter_defaults_and_ranges(capsys):
+    _, out, _ = run(capsys, "list")
+    rows = table_rows(out)
+    assert rows["dkd"][3] == "alpha=1 [0.25, 4, log]; beta=8 [0.25, 16, log]"
+    assert rows["tf_kd"][3] == "correct_prob=0.9 [0.5, 0.99]"
+    assert rows["hinton_kd"][3] == "-"
+
+
+def test_show_prints_the_docstring_defaults_and_origin(capsys):
+    code, out, _ = run(capsys, "show", "rkd")
+    assert code == 0
+    assert "kind:        relation" in out
+    assert f"loaded from: {PLUGINS.origin('rkd')}" in out
+    assert "distance_weight=25 [1, 100, log]" in out
+    assert "angle_weight=50 [2, 200, log]" in out
+    assert "Park, Kim, Lu & Cho" in out
+
+
+def test_show_says_when_a_plugin_has_no_hyperparameters(capsys):
+    _, out, _ = run(capsys, "show", "hinton_kd")
+    assert "hyperparameters: none" in out
+
+
+def test_show_unknown_plugin_exits_2_with_one_line(capsys):
+    code, out, err = run(capsys, "show", "no_such_plugin")
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("autokd: error: unknown distillation plugin 'no_such_plugin'; available: ")
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_list_with_study_loads_the_studys_plugin_folder(capsys, study_with_plugins):
+    code, out, _ = run(capsys, "list", "--study", str(study_with_plugins))
+    assert code == 0
+    row = table_rows(out)["cli_study_demo"]
+    assert row[1:] == ["relation", "stages -1", "scale=1 [0.5, 2]"]
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_show_with_study_names_the_file_it_was_loaded_from(capsys, study_with_plugins):
+    code, out, _ = run(capsys, "show", "cli_study_demo", "--study", str(study_with_plugins))
+    assert code == 0
+    origin = (study_with_plugins.parent / "my_plugins" / "demo.py").resolve()
+    assert f"loaded from: {origin}" in out
+    assert "A plugin named by a study file (relation kind)." in out
+
+
+def test_missing_study_file_exits_2(capsys, tmp_path):
+    code, _, err = run(capsys, "list", "--study", str(tmp_path / "missing.yaml"))
+    assert code == 2
+    assert "study file not found" in err
