@@ -42,6 +42,15 @@ class DataSection(_Section):
     image_size: Annotated[int, Field(ge=32, le=512)] = 32
 
 
+class AugmentationSection(_Section):
+    """Random crop (zero padding) and horizontal flip; with the cache on, ``views`` fixed views per image."""
+
+    enabled: bool = False
+    views: Annotated[int, Field(ge=1, le=64)] = 4
+    padding: Annotated[int, Field(ge=0, le=16)] = 2
+    hflip: bool = True
+
+
 class TeacherSection(_Section):
     """The teacher: a timm model trained here with a budget, or loaded from a checkpoint file."""
 
@@ -77,6 +86,15 @@ class TrainingSection(_Section):
     lr: Annotated[float, Field(gt=0, le=1)] = 3e-3
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     threads: Annotated[int, Field(ge=1)] | None = None
+
+
+class EarlyStoppingSection(_Section):
+    """Median rule: after ``warmup_epochs``, stop a trial whose validation top-1 at epoch k is below the
+    median of the completed trials at epoch k (once ``min_completed_trials`` exist)."""
+
+    enabled: bool = True
+    warmup_epochs: Annotated[int, Field(ge=1)] = 1
+    min_completed_trials: Annotated[int, Field(ge=1)] = 5
 
 
 class BudgetSection(_Section):
@@ -133,6 +151,11 @@ class Study(_Section):
     objectives: ObjectivesSection = ObjectivesSection()
     quantization: QuantizationSection = QuantizationSection()
     sampler: SamplerSection = SamplerSection()
+    augmentation: AugmentationSection = AugmentationSection()
+    early_stopping: EarlyStoppingSection = EarlyStoppingSection()
+    teacher_cache: bool = True
+    teacher_cache_max_gb: Annotated[float, Field(gt=0)] = 2.0
+    prescreen: bool = False
     plugins: list[str] = []
 
     @field_validator("name")
@@ -146,6 +169,7 @@ class Study(_Section):
         """Content hash of everything that determines the teacher: its section and the data it sees."""
         payload = {
             "teacher": self.teacher.model_dump(),
+            "augmentation": self.augmentation.model_dump() if self.augmentation.enabled else None,
             "data": self.data.model_dump(exclude={"data_dir", "download"}),
             "seed": self.seed,
             "format": 1,

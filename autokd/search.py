@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +22,17 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from autokd.config import Study, StudyFileError
-from autokd.data import load_splits
+from autokd.data import DataSplits, load_splits
 from autokd.distill import PLUGINS, load_plugins
+from autokd.early_stopping import TrialStopped, should_stop
+from autokd.features import feature_stage_indices
 from autokd.measure import measure_latency
 from autokd.pareto import DIRECTIONS
 from autokd.quantize import BACKENDS
 from autokd.students import FAMILIES
-from autokd.teacher import prepare_teacher
-from autokd.trial import TeacherReference, TrialConfig, run_trial
+from autokd.teacher import Teacher, augmentation_of, prepare_teacher
+from autokd.teacher_cache import TeacherOutputs, build_teacher_outputs
+from autokd.trial import TeacherReference, TrialConfig, measure_untrained, run_trial
 
 JOURNAL = "optuna-journal.log"
 NO_DISTILLATION = "none"
@@ -152,23 +154,33 @@ class SearchOutcome:
     stopped_reason: str
 
 
-def run_search(
-    study: Study,
-    *,
-    runs_root: Path,
-    study_path: Path | None = None,
-    log: Callable[[str], None] = print,
-    progress: bool = True,
-) -> SearchOutcome:
-    """Run (or resume) ``study`` until its budget of completed trials or its time limit is reached."""
-    start = time.monotonic()
-    load_plugins(_resolve_plugin_paths(study, study_path))
-    validate_against_registries(study)
-    torch.set_num_threads(study.training.threads or os.cpu_count() or 1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+@dataclass
+class SearchContext:
+    """Everything trials share, prepared once per run: data, teacher and its outputs, the Optuna study."""
 
+    study: Study
+    data: DataSplits
+    teacher: TeacherReference
+    optuna_study: optuna.Study
+    run_dir: Path
+    latency_lock: Path
+
+
+def teacher_stages_needed(study: Study, teacher_model: torch.nn.Module) -> list[int]:
+    """Teacher feature stages that any plugin in the search space may ask for (to cache them once)."""
+    stages: set[int] = set()
+    for choice in study.search_space.methods:
+        for name in methods_of(choice):
+            plugin = PLUGINS.get(name)
+            if plugin.needs_features and plugin.needs_teacher_features:
+                stages.update(feature_stage_indices(teacher_model, plugin.needs_features))
+    return sorted(stages)
+
+
+def load_study_data(study: Study) -> DataSplits:
+    """The study's train/val/test tensors."""
     d = study.data
-    data = load_splits(
+    return load_splits(
         d.dataset,
         data_dir=d.data_dir,
         download=d.download,
@@ -177,59 +189,48 @@ def run_search(
         image_size=d.image_size,
         seed=study.seed,
     )
+
+
+def prepare_search(
+    study: Study, *, runs_root: Path, study_path: Path | None = None, log: Callable[[str], None] = print
+) -> SearchContext:
+    """Load plugins and data, get the teacher and its output cache, create or resume the Optuna study."""
+    load_plugins(_resolve_plugin_paths(study, study_path))
+    validate_against_registries(study)
+    torch.set_num_threads(study.training.threads or os.cpu_count() or 1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = load_study_data(study)
     log(
-        f"data {d.dataset}: {len(data.train_x)} train / {len(data.val_x)} val / {len(data.test_x)} test images"
+        f"data {study.data.dataset}: {len(data.train_x)} train / {len(data.val_x)} val / {len(data.test_x)} test images"
     )
     teacher = prepare_teacher(study, data, runs_root, log)
+    outputs = build_teacher_outputs(
+        teacher.model,
+        data.train_x,
+        teacher.directory,
+        teacher.key,
+        enabled=study.teacher_cache,
+        augmentation=augmentation_of(study),
+        views=study.augmentation.views,
+        stages=teacher_stages_needed(study, teacher.model),
+        max_bytes=int(study.teacher_cache_max_gb * 1e9),
+        seed=study.seed,
+        log=log,
+    )
     run_dir = runs_root / study.name
     storage = journal_storage(run_dir)
-    existing = [s for s in optuna.get_all_study_names(storage) if s == study.name]
-    previous_trials = 0
-    if existing:
-        previous_trials = len(optuna.load_study(study_name=study.name, storage=storage).trials)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna_study = optuna.create_study(
-            study_name=study.name,
-            storage=storage,
-            directions=list(DIRECTIONS),
-            sampler=make_sampler(study, offset=previous_trials),
-            load_if_exists=True,
-        )
+    existing = study.name in optuna.get_all_study_names(storage)
+    previous_trials = len(optuna.load_study(study_name=study.name, storage=storage).trials) if existing else 0
+    optuna_study = optuna.create_study(
+        study_name=study.name,
+        storage=storage,
+        directions=list(DIRECTIONS),
+        sampler=make_sampler(study, offset=previous_trials),
+        load_if_exists=True,
+    )
     lock = run_dir / "latency.lock"
     if not existing:
-        example = data.test_x[: study.objectives.latency_batch_size]
-        teacher_latency = measure_latency(
-            teacher.model,
-            example,
-            threads=study.objectives.latency_threads,
-            min_run_time_s=study.objectives.latency_min_run_time_s,
-            runtime="torch eager (FP32)",
-            lock_path=lock,
-        )
-        ref = study.objectives.reference_point
-        reference = {
-            "retention": ref.retention,
-            "compression": ref.compression,
-            "latency_ms": teacher_latency.median_ms if ref.latency_ms == "teacher" else ref.latency_ms,
-        }
-        optuna_study.set_user_attr("study", json.loads(study.model_dump_json()))
-        optuna_study.set_user_attr(
-            "teacher",
-            {
-                "key": teacher.key,
-                "model": teacher.model_name,
-                "test_accuracy": teacher.test_accuracy,
-                "val_accuracy": teacher.val_accuracy,
-                "parameters": teacher.parameters,
-                "weight_bytes": teacher.weight_bytes,
-                "latency": teacher_latency.as_dict(),
-            },
-        )
-        optuna_study.set_user_attr("reference_point", reference)
-        optuna_study.set_user_attr(
-            "data", {"train": len(data.train_x), "val": len(data.val_x), "test": len(data.test_x)}
-        )
+        _record_study_attributes(optuna_study, study, data, teacher, outputs, lock)
     else:
         stored_key = optuna_study.user_attrs.get("teacher", {}).get("key")
         if stored_key != teacher.key:
@@ -240,15 +241,167 @@ def run_search(
         stale = fail_stale_trials(optuna_study)
         if stale:
             log(f"resuming '{study.name}': {stale} interrupted trial(s) marked FAILED")
-    teacher_ref = TeacherReference(
-        teacher.model, teacher.train_logits, teacher.test_accuracy, teacher.parameters, teacher.weight_bytes
+    reference = TeacherReference(outputs, teacher.test_accuracy, teacher.parameters, teacher.weight_bytes)
+    return SearchContext(study, data, reference, optuna_study, run_dir, lock)
+
+
+def _record_study_attributes(
+    optuna_study: optuna.Study,
+    study: Study,
+    data: DataSplits,
+    teacher: Teacher,
+    outputs: TeacherOutputs,
+    lock: Path,
+) -> None:
+    """Fix, before the first trial, what every later report needs: teacher figures and the reference point."""
+    example = data.test_x[: study.objectives.latency_batch_size]
+    teacher_latency = measure_latency(
+        teacher.model,
+        example,
+        threads=study.objectives.latency_threads,
+        min_run_time_s=study.objectives.latency_min_run_time_s,
+        runtime="torch eager (FP32)",
+        lock_path=lock,
+    )
+    ref = study.objectives.reference_point
+    optuna_study.set_user_attr("study", json.loads(study.model_dump_json()))
+    optuna_study.set_user_attr(
+        "teacher",
+        {
+            "key": teacher.key,
+            "model": teacher.model_name,
+            "test_accuracy": teacher.test_accuracy,
+            "val_accuracy": teacher.val_accuracy,
+            "parameters": teacher.parameters,
+            "weight_bytes": teacher.weight_bytes,
+            "latency": teacher_latency.as_dict(),
+            "cache": {
+                "enabled": study.teacher_cache,
+                "views": outputs.num_views,
+                "cached_stages": sorted(outputs.features),
+                "live_stages": list(outputs.live_stages),
+            },
+        },
+    )
+    optuna_study.set_user_attr(
+        "reference_point",
+        {
+            "retention": ref.retention,
+            "compression": ref.compression,
+            "latency_ms": teacher_latency.median_ms if ref.latency_ms == "teacher" else ref.latency_ms,
+        },
+    )
+    optuna_study.set_user_attr(
+        "data", {"train": len(data.train_x), "val": len(data.val_x), "test": len(data.test_x)}
     )
 
-    def completed() -> int:
-        return len(optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
+def _completed(optuna_study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _prescreen(ctx: SearchContext, config: TrialConfig) -> dict | None:
+    """Size and latency of an untrained student, when an already-measured student above the retention
+    floor is at least as small and as fast (so training this one cannot reach the front); else None."""
+    floor = ctx.study.objectives.retention_floor
+    good = [t for t in _completed(ctx.optuna_study) if t.values[0] >= floor]
+    if not good:
+        return None
+    start = time.perf_counter()
+    measured = measure_untrained(config, ctx.data, ctx.teacher, ctx.latency_lock)
+    for t in good:
+        if t.values[1] >= measured["compression"] and t.values[2] <= measured["latency_ms"]:
+            measured.update(dominated_by=t.number, prescreen_seconds=time.perf_counter() - start)
+            return measured
+    return None
+
+
+def _epoch_rule(
+    ctx: SearchContext, config: TrialConfig, history: list[float]
+) -> Callable[[int, float], None]:
+    rule = ctx.study.early_stopping
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int, val_accuracy: float) -> None:
+        history.append(val_accuracy)
+        if not rule.enabled or epoch >= config.epochs:
+            return
+        histories = [t.user_attrs.get("val_accuracy_per_epoch", []) for t in _completed(ctx.optuna_study)]
+        median = should_stop(
+            epoch,
+            val_accuracy,
+            histories,
+            warmup_epochs=rule.warmup_epochs,
+            min_completed_trials=rule.min_completed_trials,
+        )
+        if median is not None:
+            per_epoch = (time.perf_counter() - started) / epoch
+            raise TrialStopped(epoch, val_accuracy, median, seconds_saved=per_epoch * (config.epochs - epoch))
+
+    return on_epoch
+
+
+def run_one_trial(ctx: SearchContext, log: Callable[[str], None]) -> TrialState:
+    """Ask the study for one trial, run it, and tell the study how it ended."""
+    trial = ctx.optuna_study.ask()
+    config = sample_config(trial, ctx.study)
+    if ctx.study.prescreen:
+        skipped = _prescreen(ctx, config)
+        if skipped is not None:
+            trial.set_user_attr("prescreened", skipped)
+            ctx.optuna_study.tell(trial, state=TrialState.PRUNED)
+            log(
+                f"trial {trial.number:>3}: skipped before training ({config.family} w={config.width:.2f} "
+                f"d={config.depth:.2f}: trial {skipped['dominated_by']} is as small and as fast, above the floor)"
+            )
+            return TrialState.PRUNED
+    history: list[float] = []
+    try:
+        result = run_trial(
+            config,
+            ctx.data,
+            ctx.teacher,
+            on_epoch=_epoch_rule(ctx, config, history),
+            latency_lock=ctx.latency_lock,
+        )
+    except TrialStopped as stop:
+        trial.set_user_attr("stopped_at_epoch", stop.epoch)
+        trial.set_user_attr("val_accuracy_per_epoch", history)
+        trial.set_user_attr("seconds_saved", stop.seconds_saved)
+        ctx.optuna_study.tell(trial, state=TrialState.PRUNED)
+        log(
+            f"trial {trial.number:>3}: stopped early ({config.family} w={config.width:.2f} d={config.depth:.2f}: {stop})"
+        )
+        return TrialState.PRUNED
+    except KeyboardInterrupt:
+        trial.set_user_attr("error", "interrupted by the user")
+        ctx.optuna_study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as exc:
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+        ctx.optuna_study.tell(trial, state=TrialState.FAIL)
+        log(f"trial {trial.number:>3}: FAILED ({type(exc).__name__}: {exc})")
+        return TrialState.FAIL
+    for key, value in result.items():
+        trial.set_user_attr(key, value)
+    ctx.optuna_study.tell(trial, [result["retention"], result["compression"], result["latency_ms"]])
+    log(_trial_line(trial.number, result, config))
+    return TrialState.COMPLETE
+
+
+def run_search(
+    study: Study,
+    *,
+    runs_root: Path,
+    study_path: Path | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> SearchOutcome:
+    """Run (or resume) ``study`` until its budget of completed trials or its time limit is reached."""
+    start = time.monotonic()
+    ctx = prepare_search(study, runs_root=runs_root, study_path=study_path, log=log)
     budget = study.budget
-    done = completed()
+    done = len(_completed(ctx.optuna_study))
     if done:
         log(f"resuming '{study.name}': {done}/{budget.trials} trials already complete")
     bar = tqdm(
@@ -265,31 +418,17 @@ def run_search(
             if budget.time_limit_minutes and time.monotonic() - start > budget.time_limit_minutes * 60:
                 reason = "time limit"
                 break
-            trial = optuna_study.ask()
-            config = sample_config(trial, study)
-            try:
-                result = run_trial(config, data, teacher_ref, latency_lock=lock)
-            except KeyboardInterrupt:
-                trial.set_user_attr("error", "interrupted by the user")
-                optuna_study.tell(trial, state=TrialState.FAIL)
-                raise
-            except Exception as exc:
-                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-                optuna_study.tell(trial, state=TrialState.FAIL)
+            state = run_one_trial(ctx, bar.write if progress else log)
+            if state == TrialState.FAIL:
                 failed_now += 1
                 consecutive_failures += 1
-                bar.write(f"trial {trial.number:>3}: FAILED ({type(exc).__name__}: {exc})")
                 if consecutive_failures >= budget.max_consecutive_failures:
                     reason = f"{consecutive_failures} consecutive failed trials"
                     break
-                continue
-            consecutive_failures = 0
-            for key, value in result.items():
-                trial.set_user_attr(key, value)
-            optuna_study.tell(trial, [result["retention"], result["compression"], result["latency_ms"]])
-            bar.write(_trial_line(trial.number, result, config))
-            done = completed()
+            else:
+                consecutive_failures = 0
+            done = len(_completed(ctx.optuna_study))
             bar.update(done - bar.n)
     finally:
         bar.close()
-    return SearchOutcome(run_dir=run_dir, completed=completed(), failed_now=failed_now, stopped_reason=reason)
+    return SearchOutcome(run_dir=ctx.run_dir, completed=done, failed_now=failed_now, stopped_reason=reason)

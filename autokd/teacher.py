@@ -5,7 +5,7 @@ data it sees, so any later study with the same teacher and data reuses it:
 
 - ``teacher.pt``: the state dict (loaded with ``torch.load(weights_only=True)``),
 - ``metrics.json``: accuracy on val and test, parameter count, FP32 weight bytes, training time,
-- ``train_logits.pt``: logits on the training split, computed once and read by every trial.
+- ``outputs-<cache key>/``: the teacher-output cache (see :mod:`autokd.teacher_cache`).
 """
 
 from __future__ import annotations
@@ -20,28 +20,34 @@ import timm
 import torch
 from torch import nn
 
+from autokd.augment import CropFlip
 from autokd.config import Study
 from autokd.data import DataSplits
 from autokd.quantize import fp32_weight_bytes
 from autokd.students import count_parameters
-from autokd.train import TrainSettings, evaluate, predict_logits, train
+from autokd.train import TrainSettings, evaluate, train
 
 TEACHERS_DIR = "_teachers"
 
 
 @dataclass
 class Teacher:
-    """A ready teacher: the FP32 model, its metrics and its cached training-split logits."""
+    """A ready teacher: the FP32 model and its metrics."""
 
     key: str
     directory: Path
     model: nn.Module
-    train_logits: torch.Tensor
     test_accuracy: float
     val_accuracy: float
     parameters: int
     weight_bytes: int
     model_name: str
+
+
+def augmentation_of(study: Study) -> CropFlip | None:
+    """The study's augmentation, or None when it is off."""
+    a = study.augmentation
+    return CropFlip(padding=a.padding, hflip=a.hflip) if a.enabled else None
 
 
 def _build(study: Study, data: DataSplits) -> nn.Module:
@@ -59,11 +65,7 @@ def prepare_teacher(
     """Return the study's teacher, training it (or loading its checkpoint) only when not cached yet."""
     key = study.teacher_key()
     directory = runs_root / TEACHERS_DIR / key
-    weights, metrics_path, logits_path = (
-        directory / "teacher.pt",
-        directory / "metrics.json",
-        directory / "train_logits.pt",
-    )
+    weights, metrics_path = directory / "teacher.pt", directory / "metrics.json"
     model = _build(study, data)
     if weights.exists() and metrics_path.exists():
         model.load_state_dict(torch.load(weights, weights_only=True))
@@ -100,6 +102,7 @@ def prepare_teacher(
                     weight_decay=t.weight_decay,
                     seed=study.seed,
                 ),
+                augmentation=augmentation_of(study),
                 on_epoch=report,
             )
         metrics = {
@@ -117,16 +120,10 @@ def prepare_teacher(
         metrics_path.write_text(json.dumps(metrics, indent=2))
         log(f"teacher ready: test top-1 {metrics['test_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
     model.eval()
-    if logits_path.exists():
-        train_logits = torch.load(logits_path, weights_only=True)
-    else:
-        train_logits = predict_logits(model, data.train_x)
-        torch.save(train_logits, logits_path)
     return Teacher(
         key=key,
         directory=directory,
         model=model,
-        train_logits=train_logits,
         test_accuracy=metrics["test_accuracy"],
         val_accuracy=metrics["val_accuracy"],
         parameters=metrics["parameters"],

@@ -1,8 +1,8 @@
 """The distillation training loop: forward the student, look up the teacher, sum the weighted losses, step.
 
-Data are in-memory tensors; a batch is an index slice (no DataLoader workers). Teacher logits come
-precomputed for the training split (``teacher_logits[i]`` belongs to ``train_x[i]``); teacher features
-are computed on the fly for the plugins that ask for them.
+Data are in-memory tensors; a batch is an index slice (no DataLoader workers). Teacher outputs come
+from the teacher-output cache (computed once per study) or, where it does not hold them, live.
+Each plugin receives exactly the stages it asked for, in its own order.
 """
 
 from __future__ import annotations
@@ -10,12 +10,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autokd.augment import CropFlip
 from autokd.distill import DistillationPlugin, DistillInputs
+from autokd.features import feature_stage_indices, forward_with_features
+
+if TYPE_CHECKING:
+    from autokd.teacher_cache import TeacherOutputs
 
 
 class PluginFailure(RuntimeError):
@@ -41,20 +47,6 @@ class WeightedPlugin:
     weight: float
 
 
-def feature_stage_indices(model: nn.Module, wanted: Sequence[int]) -> list[int]:
-    """Turn stage indices (negative counts from the last stage) into timm feature indices of ``model``."""
-    n = len(model.feature_info)
-    return sorted({i % n for i in wanted})
-
-
-def forward_with_features(model: nn.Module, x: torch.Tensor, indices: list[int]) -> tuple[torch.Tensor, list]:
-    """Logits plus the requested stage outputs through timm's ``forward_intermediates`` API."""
-    if not indices:
-        return model(x), []
-    final, intermediates = model.forward_intermediates(x, indices=indices)
-    return model.forward_head(final), list(intermediates)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on (x, y)."""
@@ -64,13 +56,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         logits = model(x[start : start + batch_size])
         correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
     return correct / max(1, len(x))
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``model`` for every row of ``x``."""
-    model.eval()
-    return torch.cat([model(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
 
 
 def _plugin_loss(entry: WeightedPlugin, inputs: DistillInputs) -> torch.Tensor:
@@ -94,21 +79,31 @@ def train(
     *,
     plugins: Sequence[WeightedPlugin] = (),
     temperature: float = 1.0,
-    teacher_logits: torch.Tensor | None = None,
-    teacher: nn.Module | None = None,
+    teacher: TeacherOutputs | None = None,
+    augmentation: CropFlip | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> None:
     """Train ``model`` with cross-entropy plus ``Σ weight × plugin loss`` for ``settings.epochs`` epochs.
 
-    ``on_epoch(epoch, model)`` runs after every epoch (1-based); it may raise to stop training early.
+    With a ``teacher``, each batch draws one of its cached views per sample (or the only view), so the
+    student sees exactly the images whose teacher outputs are looked up. Without one, ``augmentation``
+    (if given) draws fresh random views. ``on_epoch(epoch, model)`` runs after every epoch (1-based);
+    it may raise to stop training early.
     """
     generator = torch.Generator().manual_seed(settings.seed)
-    student_indices = feature_stage_indices(model, [i for p in plugins for i in p.plugin.needs_features])
-    teacher_indices = (
-        feature_stage_indices(teacher, [i for p in plugins for i in p.plugin.needs_features])
-        if teacher is not None and student_indices
-        else []
+    student_stages = {id(e): feature_stage_indices(model, e.plugin.needs_features) for e in plugins}
+    needs_teacher = teacher is not None and any(
+        e.plugin.needs_teacher_logits or (e.plugin.needs_features and e.plugin.needs_teacher_features)
+        for e in plugins
     )
+    teacher_stages = {
+        id(e): feature_stage_indices(teacher.model, e.plugin.needs_features)
+        if teacher is not None and e.plugin.needs_teacher_features
+        else []
+        for e in plugins
+    }
+    all_student_stages = sorted({s for stages in student_stages.values() for s in stages})
+    all_teacher_stages = sorted({s for stages in teacher_stages.values() for s in stages})
     extra = [p for entry in plugins for p in entry.plugin.parameters()]
     optimizer = torch.optim.AdamW(
         list(model.parameters()) + extra, lr=settings.lr, weight_decay=settings.weight_decay
@@ -126,24 +121,30 @@ def train(
             idx = order[start : start + settings.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            x, y = train_x[idx], train_y[idx]
-            logits, student_features = forward_with_features(model, x, student_indices)
+            if teacher is not None:
+                view = torch.randint(0, teacher.num_views, (len(idx),), generator=generator)
+                x = teacher.inputs(train_x, idx, view)
+            elif augmentation is not None:
+                x = augmentation.apply(train_x[idx], augmentation.sample(len(idx), generator))
+            else:
+                x = train_x[idx]
+            y = train_y[idx]
+            logits, student_features = forward_with_features(model, x, all_student_stages)
             loss = F.cross_entropy(logits, y)
             if plugins:
-                teacher_features: list = []
-                if teacher_indices:
-                    with torch.no_grad():
-                        teacher.eval()
-                        _, teacher_features = forward_with_features(teacher, x, teacher_indices)
-                inputs = DistillInputs(
-                    student_logits=logits,
-                    targets=y,
-                    temperature=temperature,
-                    teacher_logits=teacher_logits[idx] if teacher_logits is not None else None,
-                    student_features=student_features,
-                    teacher_features=teacher_features,
+                student_by_stage = dict(zip(all_student_stages, student_features, strict=True))
+                teacher_logits, teacher_by_stage = (
+                    teacher.lookup(x, idx, view, all_teacher_stages) if needs_teacher else (None, {})
                 )
                 for entry in plugins:
+                    inputs = DistillInputs(
+                        student_logits=logits,
+                        targets=y,
+                        temperature=temperature,
+                        teacher_logits=teacher_logits,
+                        student_features=[student_by_stage[s] for s in student_stages[id(entry)]],
+                        teacher_features=[teacher_by_stage[s] for s in teacher_stages[id(entry)]],
+                    )
                     loss = loss + entry.weight * _plugin_loss(entry, inputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

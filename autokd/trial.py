@@ -15,10 +15,12 @@ from torch import nn
 
 from autokd.data import DataSplits
 from autokd.distill import PLUGINS, ModelInfo
+from autokd.features import feature_stage_indices
 from autokd.measure import Latency, measure_latency
 from autokd.quantize import BACKENDS, deployed_weight_bytes, quantize
 from autokd.students import build_student, count_parameters
-from autokd.train import TrainSettings, WeightedPlugin, evaluate, feature_stage_indices, train
+from autokd.teacher_cache import TeacherOutputs
+from autokd.train import TrainSettings, WeightedPlugin, evaluate, train
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,16 @@ class TrialConfig:
 
 @dataclass(frozen=True)
 class TeacherReference:
-    """What a trial needs of the teacher: its cached outputs, model (for features) and FP32 figures."""
+    """What a trial needs of the teacher: its outputs (cached or live) and its FP32 figures."""
 
-    model: nn.Module
-    train_logits: torch.Tensor
+    outputs: TeacherOutputs
     test_accuracy: float
     parameters: int
     weight_bytes: int
+
+    @property
+    def model(self) -> nn.Module:
+        return self.outputs.model
 
 
 def _model_info(model: nn.Module, stages: list[int], num_classes: int) -> ModelInfo:
@@ -79,6 +84,58 @@ def build_plugins(
         )
         entries.append(WeightedPlugin(plugin=plugin, weight=config.loss_weight))
     return entries
+
+
+def quantize_student(student: nn.Module, config: TrialConfig, data: DataSplits) -> tuple[nn.Module, float]:
+    """INT8 model of ``student`` calibrated on the first training batches, and the seconds it took."""
+    start = time.perf_counter()
+    calibration = [
+        data.train_x[i * config.batch_size : (i + 1) * config.batch_size]
+        for i in range(config.calibration_batches)
+    ]
+    int8_model = quantize(
+        student, [batch for batch in calibration if len(batch)], config.quantization_backend
+    )
+    return int8_model, time.perf_counter() - start
+
+
+def measure_deployed_latency(
+    int8_model: nn.Module, config: TrialConfig, data: DataSplits, latency_lock: Path | None
+) -> Latency:
+    """Latency of the deployed model at the study's batch size and threads, on its backend's runtime."""
+    example = data.test_x[: config.latency_batch_size]
+    if len(example) < config.latency_batch_size:  # tiny test splits: repeat rows up to the asked batch
+        repeats = config.latency_batch_size // len(example) + 1
+        example = example.repeat(repeats, 1, 1, 1)[: config.latency_batch_size]
+    return measure_latency(
+        int8_model,
+        example,
+        threads=config.latency_threads,
+        min_run_time_s=config.latency_min_run_time_s,
+        runtime=BACKENDS.get(config.quantization_backend).runtime,
+        lock_path=latency_lock,
+    )
+
+
+def measure_untrained(
+    config: TrialConfig, data: DataSplits, teacher: TeacherReference, latency_lock: Path | None = None
+) -> dict:
+    """Compression and INT8 latency of the student ``config`` describes, before any training.
+
+    Both depend only on the architecture, so a pre-screen can compare a sampled student with those
+    already measured without paying for its training.
+    """
+    torch.manual_seed(config.seed)
+    student = build_student(
+        config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
+    ).eval()
+    int8_model, _ = quantize_student(student, config, data)
+    latency = measure_deployed_latency(int8_model, config, data, latency_lock)
+    return {
+        "compression": teacher.weight_bytes / deployed_weight_bytes(int8_model),
+        "latency_ms": latency.median_ms,
+        "parameters": count_parameters(student),
+    }
 
 
 def run_trial(
@@ -113,40 +170,24 @@ def run_trial(
         TrainSettings(config.epochs, config.batch_size, config.lr, config.weight_decay, config.seed),
         plugins=plugins,
         temperature=config.temperature,
-        teacher_logits=teacher.train_logits,
-        teacher=teacher.model,
+        teacher=teacher.outputs if plugins else None,
+        augmentation=teacher.outputs.augmentation,
         on_epoch=after_epoch,
     )
     train_seconds = time.perf_counter() - wall_start
 
-    quant_start = time.perf_counter()
+    int8_model, quant_seconds = quantize_student(student, config, data)
+
+    eval_start = time.perf_counter()
     fp32_accuracy = evaluate(student, data.test_x, data.test_y)
-    calibration = [
-        data.train_x[i * config.batch_size : (i + 1) * config.batch_size]
-        for i in range(config.calibration_batches)
-    ]
-    calibration = [batch for batch in calibration if len(batch)]
-    int8_model = quantize(student, calibration, config.quantization_backend)
     int8_accuracy = evaluate(int8_model, data.test_x, data.test_y)
     with torch.no_grad():
         probe = data.test_x[:1000]
         agreement = float((student(probe).argmax(1) == int8_model(probe).argmax(1)).float().mean())
-    quant_seconds = time.perf_counter() - quant_start
+    eval_seconds = time.perf_counter() - eval_start
 
     measure_start = time.perf_counter()
-    example = data.test_x[: config.latency_batch_size]
-    if len(example) < config.latency_batch_size:  # tiny test splits: repeat rows to the asked batch
-        example = example.repeat(config.latency_batch_size // len(example) + 1, 1, 1, 1)[
-            : config.latency_batch_size
-        ]
-    latency: Latency = measure_latency(
-        int8_model,
-        example,
-        threads=config.latency_threads,
-        min_run_time_s=config.latency_min_run_time_s,
-        runtime=BACKENDS.get(config.quantization_backend).runtime,
-        lock_path=latency_lock,
-    )
+    latency = measure_deployed_latency(int8_model, config, data, latency_lock)
     measure_seconds = time.perf_counter() - measure_start
 
     parameters = count_parameters(student)
@@ -167,6 +208,7 @@ def run_trial(
         "val_accuracy_per_epoch": val_history,
         "latency": latency.as_dict(),
         "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
         "quantize_seconds": quant_seconds,
         "latency_seconds": measure_seconds,
         "wall_seconds": time.perf_counter() - wall_start,

@@ -61,6 +61,7 @@ def test_completed_trials_store_objectives_and_settings(tiny_study, shared_runs)
         assert key in trial.user_attrs
 
 
+@pytest.mark.usefixtures("clean_registry")
 def test_raising_trial_is_failed_with_its_message_and_the_study_goes_on(
     tiny_study, shared_runs, tmp_path, raising_plugin
 ):
@@ -84,6 +85,7 @@ def test_raising_trial_is_failed_with_its_message_and_the_study_goes_on(
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
 
 
+@pytest.mark.usefixtures("clean_registry")
 def test_consecutive_failures_stop_the_study(tiny_study, shared_runs, tmp_path, raising_plugin):
     tiny_study.update(name="all-failing", plugins=[raising_plugin])
     tiny_study["search_space"]["methods"] = ["explode"]
@@ -162,3 +164,48 @@ def test_rerunning_a_finished_study_runs_no_new_trial(tiny_study, shared_runs):
     run_search(study, runs_root=shared_runs, log=lambda _: None, progress=False)
     run_search(study, runs_root=shared_runs, log=lambda _: None, progress=False)
     assert len(trials_of(shared_runs / "finished", "finished")) == 1
+
+
+def _add_completed(ctx, values, history):
+    ctx.optuna_study.add_trial(
+        optuna.trial.create_trial(
+            values=values, user_attrs={"val_accuracy_per_epoch": history, "retention": values[0]}
+        )
+    )
+
+
+def test_trial_below_the_median_is_pruned_with_its_epoch(tiny_study, shared_runs):
+    from autokd.search import prepare_search, run_one_trial
+
+    tiny_study["name"] = "early-stop"
+    tiny_study["budget"]["epochs"] = 3
+    tiny_study["early_stopping"] = {"warmup_epochs": 1, "min_completed_trials": 1}
+    ctx = prepare_search(parse_study(tiny_study), runs_root=shared_runs, log=lambda _: None)
+    _add_completed(ctx, [0.9, 10.0, 1.0], [1.0, 1.0, 1.0])  # nobody beats a perfect median
+    assert run_one_trial(ctx, log=lambda _: None) == TrialState.PRUNED
+    pruned = ctx.optuna_study.get_trials(states=(TrialState.PRUNED,))[0]
+    assert (
+        pruned.user_attrs["stopped_at_epoch"] == 2 and len(pruned.user_attrs["val_accuracy_per_epoch"]) == 2
+    )
+    assert pruned.user_attrs["seconds_saved"] > 0
+
+
+def test_prescreen_skips_a_student_dominated_on_size_and_latency(tiny_study, shared_runs):
+    from autokd.search import prepare_search, run_one_trial
+
+    tiny_study.update(name="prescreen", prescreen=True)
+    ctx = prepare_search(parse_study(tiny_study), runs_root=shared_runs, log=lambda _: None)
+    _add_completed(ctx, [0.99, 1e9, 1e-6], [0.9])  # above the floor, infinitely small and fast
+    assert run_one_trial(ctx, log=lambda _: None) == TrialState.PRUNED
+    skipped = ctx.optuna_study.get_trials(states=(TrialState.PRUNED,))[0]
+    assert skipped.user_attrs["prescreened"]["dominated_by"] == 0
+    assert "val_accuracy_per_epoch" not in skipped.user_attrs
+
+
+def test_prescreen_trains_a_student_nobody_dominates(tiny_study, shared_runs):
+    from autokd.search import prepare_search, run_one_trial
+
+    tiny_study.update(name="prescreen-pass", prescreen=True)
+    ctx = prepare_search(parse_study(tiny_study), runs_root=shared_runs, log=lambda _: None)
+    _add_completed(ctx, [0.99, 1.0, 1e6], [0.9])  # huge and slow: dominates nothing
+    assert run_one_trial(ctx, log=lambda _: None) == TrialState.COMPLETE

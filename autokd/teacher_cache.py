@@ -1,0 +1,191 @@
+"""Teacher outputs computed once per study and shared by every trial (and every worker process).
+
+The cache lives beside the teacher, in ``<runs>/_teachers/<teacher key>/outputs-<cache key>/``:
+
+- ``views.npy``: (V, N, 3) int16 view parameters (dy, dx, flip) per sample; V = 1 without augmentation,
+- ``logits.npy``: (V, N, classes) float32 teacher logits for those views,
+- ``stage<i>.npy``: (V, N, C, H, W) float16 teacher features of timm stage ``i``, for the stages the
+  study's plugins ask for, while they fit under the disk cap (the others are computed on the fly),
+- ``meta.json``: what is in it, written last so a half-written cache is never read.
+
+All arrays are memory-mapped read-only by trials, so several processes read one copy. The cache key
+hashes the teacher key, the preprocessing (augmentation and number of views) and the cached stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autokd.augment import CropFlip
+from autokd.features import forward_with_features
+
+
+@dataclass
+class TeacherOutputs:
+    """Teacher logits and features for a batch of training samples, from the cache or computed live."""
+
+    model: nn.Module
+    views: torch.Tensor | None  # (V, N, 3) view parameters; None when there is no augmentation
+    augmentation: CropFlip | None
+    logits: np.ndarray | None  # (V, N, classes) memory map; None when the cache is off
+    features: dict[int, np.ndarray]  # timm stage index → (V, N, C, H, W) memory map
+    live_stages: tuple[int, ...]  # stages the cache could not hold (over the disk cap)
+    directory: Path | None = None
+
+    @property
+    def num_views(self) -> int:
+        return 1 if self.views is None else int(self.views.shape[0])
+
+    def inputs(self, train_x: torch.Tensor, idx: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """The images the student (and teacher) see for samples ``idx`` in views ``view``."""
+        x = train_x[idx]
+        if self.augmentation is None or self.views is None:
+            return x
+        return self.augmentation.apply(x, self.views[view, idx])
+
+    @torch.no_grad()
+    def lookup(
+        self, x: torch.Tensor, idx: torch.Tensor, view: torch.Tensor, stages: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Teacher logits and the requested stages' features for the batch ``x`` (= samples ``idx``)."""
+        missing = [s for s in stages if s not in self.features]
+        live_logits, live_features = None, {}
+        if self.logits is None or missing:
+            self.model.eval()
+            live_logits, feats = forward_with_features(self.model, x, sorted(missing))
+            live_features = dict(zip(sorted(missing), feats, strict=True))
+        i, v = idx.numpy(), view.numpy()
+        logits = torch.from_numpy(self.logits[v, i]) if self.logits is not None else live_logits
+        features = {s: torch.from_numpy(self.features[s][v, i]).float() for s in stages if s in self.features}
+        features.update(live_features)
+        return logits, features
+
+
+def cache_key(teacher_key: str, augmentation: CropFlip | None, views: int, stages: Sequence[int]) -> str:
+    """Content hash of what the cache holds: the teacher+data, the preprocessing and the cached stages."""
+    payload = {
+        "teacher": teacher_key,
+        "augmentation": augmentation.__dict__ if augmentation else None,
+        "views": views,
+        "stages": sorted(stages),
+        "format": 1,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stage_bytes(
+    model: nn.Module, x: torch.Tensor, stages: Sequence[int], n: int, views: int
+) -> dict[int, int]:
+    with torch.no_grad():
+        model.eval()
+        _, feats = forward_with_features(model, x[:1], sorted(stages))
+    return {s: f[0].numel() * 2 * n * views for s, f in zip(sorted(stages), feats, strict=True)}
+
+
+def build_teacher_outputs(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    teacher_dir: Path,
+    teacher_key: str,
+    *,
+    enabled: bool = True,
+    augmentation: CropFlip | None = None,
+    views: int = 1,
+    stages: Sequence[int] = (),
+    max_bytes: int = 2 * 1024**3,
+    seed: int = 0,
+    batch_size: int = 512,
+    log: Callable[[str], None] = print,
+) -> TeacherOutputs:
+    """Open the teacher-output cache for this preprocessing, computing it first if it does not exist.
+
+    With ``enabled=False`` nothing is cached: every lookup runs the teacher (for comparisons).
+    Stages whose features would push the cache over ``max_bytes`` are left to be computed live.
+    """
+    n = len(train_x)
+    views = views if augmentation is not None else 1
+    generator = torch.Generator().manual_seed(seed)
+    view_params = (
+        torch.stack([augmentation.sample(n, generator) for _ in range(views)])
+        if augmentation is not None
+        else None
+    )
+    if not enabled:
+        return TeacherOutputs(model, view_params, augmentation, None, {}, tuple(sorted(stages)))
+
+    sizes = _stage_bytes(model, train_x, stages, n, views) if stages else {}
+    budget = max_bytes - n * views * 4 * 1024  # leave room for the logits
+    cached_stages, live = [], []
+    for stage in sorted(stages, key=lambda s: sizes[s]):
+        if sizes[stage] <= budget:
+            cached_stages.append(stage)
+            budget -= sizes[stage]
+        else:
+            live.append(stage)
+    key = cache_key(teacher_key, augmentation, views, cached_stages)
+    directory = teacher_dir / f"outputs-{key}"
+    if not (directory / "meta.json").exists():
+        _compute(model, train_x, directory, view_params, augmentation, views, cached_stages, batch_size, log)
+    meta = json.loads((directory / "meta.json").read_text())
+    logits = np.load(directory / "logits.npy", mmap_mode="r")
+    features = {s: np.load(directory / f"stage{s}.npy", mmap_mode="r") for s in meta["stages"]}
+    stored_views = torch.from_numpy(np.load(directory / "views.npy")) if augmentation is not None else None
+    if live:
+        log(f"teacher cache: stage(s) {live} exceed the {max_bytes / 1e9:.1f} GB cap and are computed live")
+    return TeacherOutputs(model, stored_views, augmentation, logits, features, tuple(sorted(live)), directory)
+
+
+@torch.no_grad()
+def _compute(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    directory: Path,
+    view_params: torch.Tensor | None,
+    augmentation: CropFlip | None,
+    views: int,
+    stages: Sequence[int],
+    batch_size: int,
+    log: Callable[[str], None],
+) -> None:
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    n = len(train_x)
+    model.eval()
+    log(f"teacher cache: computing outputs for {n} images × {views} view(s), stages {list(stages) or 'none'}")
+    logits = None
+    features: dict[int, np.ndarray] = {}
+    for v in range(views):
+        for start in range(0, n, batch_size):
+            idx = torch.arange(start, min(n, start + batch_size))
+            x = train_x[idx]
+            if augmentation is not None and view_params is not None:
+                x = augmentation.apply(x, view_params[v, idx])
+            out, feats = forward_with_features(model, x, sorted(stages))
+            if logits is None:
+                logits = np.lib.format.open_memmap(
+                    partial / "logits.npy", mode="w+", dtype=np.float32, shape=(views, n, out.shape[1])
+                )
+                for s, f in zip(sorted(stages), feats, strict=True):
+                    features[s] = np.lib.format.open_memmap(
+                        partial / f"stage{s}.npy", mode="w+", dtype=np.float16, shape=(views, n, *f.shape[1:])
+                    )
+            logits[v, start : start + len(idx)] = out.numpy()
+            for s, f in zip(sorted(stages), feats, strict=True):
+                features[s][v, start : start + len(idx)] = f.numpy().astype(np.float16)
+    for array in [logits, *features.values()]:
+        array.flush()
+    if view_params is not None:
+        np.save(partial / "views.npy", view_params.numpy())
+    (partial / "meta.json").write_text(json.dumps({"views": views, "stages": sorted(stages), "images": n}))
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
