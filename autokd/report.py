@@ -69,6 +69,10 @@ def load_results(run_dir: Path) -> StudyResults:
         for key, value in attrs.items():
             if key in ("config", "latency", "val_accuracy_per_epoch"):
                 continue
+            if key == "prescreened":
+                row["prescreened_dominated_by"] = value["dominated_by"]
+                row["prescreen_seconds"] = value["prescreen_seconds"]
+                continue
             row[key] = value
         latency = attrs.get("latency", {})
         row["latency_batch_size"] = latency.get("batch_size")
@@ -167,6 +171,36 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _efficiency_lines(trials: pd.DataFrame, teacher: dict) -> list[str]:
+    """What early stopping, the pre-screen and the teacher-output cache did for this study."""
+    lines = []
+    if "stopped_at_epoch" in trials:
+        stopped = trials["stopped_at_epoch"].notna()
+        saved = float(trials.loc[stopped, "seconds_saved"].sum())
+        lines.append(
+            f"- early stopping (median rule): {int(stopped.sum())} trial(s) stopped, about {saved:.0f} s of training saved"
+        )
+    if "prescreened_dominated_by" in trials:
+        skipped = trials["prescreened_dominated_by"].notna()
+        lines.append(
+            f"- pre-screen: {int(skipped.sum())} student(s) skipped before training (dominated on size and latency)"
+        )
+    cache = teacher.get("cache")
+    if cache:
+        if not cache["enabled"]:
+            lines.append("- teacher-output cache: off (teacher run on the fly in every trial)")
+        else:
+            live = (
+                f"; stage(s) {cache['live_stages']} over the disk cap, computed on the fly"
+                if cache["live_stages"]
+                else ""
+            )
+            lines.append(
+                f"- teacher-output cache: {cache['views']} view(s) per image, cached stages {cache['cached_stages']}{live}"
+            )
+    return lines
+
+
 def write_report(run_dir: Path, reports_root: Path) -> Path:
     """Write the report of the study in ``run_dir`` to ``reports_root/<study>/`` and return that folder."""
     results = load_results(run_dir)
@@ -209,6 +243,7 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
         f"- hypervolume: {hv:.4f} against reference point retention={ref.get('retention')}, compression={ref.get('compression')}, "
         f"latency_ms={ref.get('latency_ms', float('nan')):.3f}",
         f"- retention floor: {floor}; front members above it: {int((front['retention'] >= floor).sum()) if len(front) else 0}",
+        *_efficiency_lines(trials, teacher),
         "",
         f"## Pareto front ({len(front)} trials)",
         "",
