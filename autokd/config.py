@@ -165,6 +165,11 @@ class Study(_Section):
             raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
         return value
 
+    def plugin_paths(self, study_path: Path | None) -> list[Path]:
+        """The ``plugins:`` entries as paths, relative ones resolved against the study file's folder."""
+        base = study_path.parent if study_path else Path.cwd()
+        return [p if (p := Path(raw)).is_absolute() else base / p for raw in self.plugins]
+
     def teacher_key(self) -> str:
         """Content hash of everything that determines the teacher: its section and the data it sees."""
         payload = {

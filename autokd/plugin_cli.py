@@ -34,10 +34,7 @@ def _load(study: Path | None) -> None:
     if study is not None:
         from autokd.config import load_study_file
 
-        # Imported here: autokd.search pulls in Optuna, which plain listing does not need.
-        from autokd.search import _resolve_plugin_paths
-
-        paths = _resolve_plugin_paths(load_study_file(study), study)
+        paths = load_study_file(study).plugin_paths(study)
     load_plugins(paths)
 
 

@@ -130,11 +130,6 @@ def fail_stale_trials(optuna_study: optuna.Study) -> int:
     return len(stale)
 
 
-def _resolve_plugin_paths(study: Study, study_path: Path | None) -> list[Path]:
-    base = study_path.parent if study_path else Path.cwd()
-    return [p if (p := Path(raw)).is_absolute() else base / p for raw in study.plugins]
-
-
 def _trial_line(number: int, result: dict, config: TrialConfig) -> str:
     method = "+".join(config.methods) or NO_DISTILLATION
     return (
@@ -195,7 +190,7 @@ def prepare_search(
     study: Study, *, runs_root: Path, study_path: Path | None = None, log: Callable[[str], None] = print
 ) -> SearchContext:
     """Load plugins and data, get the teacher and its output cache, create or resume the Optuna study."""
-    load_plugins(_resolve_plugin_paths(study, study_path))
+    load_plugins(study.plugin_paths(study_path))
     validate_against_registries(study)
     torch.set_num_threads(study.training.threads or os.cpu_count() or 1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
