@@ -90,7 +90,8 @@ class TrainingSection(_Section):
 
 class EarlyStoppingSection(_Section):
     """Median rule: after ``warmup_epochs``, stop a trial whose validation top-1 at epoch k is below the
-    median of the completed trials at epoch k (once ``min_completed_trials`` exist)."""
+    median of the completed trials of the same student family at epoch k (once ``min_completed_trials``
+    of that family exist)."""
 
     enabled: bool = True
     warmup_epochs: Annotated[int, Field(ge=1)] = 1

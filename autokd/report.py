@@ -166,7 +166,9 @@ def _markdown_table(frame: pd.DataFrame) -> str:
         cells = []
         for c in columns:
             v = row[c]
-            cells.append(f"{v:,}" if c == "parameters" else f"{v:.3f}" if isinstance(v, float) else str(v))
+            cells.append(
+                f"{int(v):,}" if c == "parameters" else f"{v:.3f}" if isinstance(v, float) else str(v)
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -321,7 +321,12 @@ def _epoch_rule(
         history.append(val_accuracy)
         if not rule.enabled or epoch >= config.epochs:
             return
-        histories = [t.user_attrs.get("val_accuracy_per_epoch", []) for t in _completed(ctx.optuna_study)]
+        # Families learn at different speeds: compare only with completed students of the same family.
+        histories = [
+            t.user_attrs.get("val_accuracy_per_epoch", [])
+            for t in _completed(ctx.optuna_study)
+            if t.params.get("family") == config.family
+        ]
         median = should_stop(
             epoch,
             val_accuracy,

@@ -166,10 +166,15 @@ def test_rerunning_a_finished_study_runs_no_new_trial(tiny_study, shared_runs):
     assert len(trials_of(shared_runs / "finished", "finished")) == 1
 
 
-def _add_completed(ctx, values, history):
+def _add_completed(ctx, values, history, family="resnet"):
+    # The same choices as the study's, or Optuna refuses the next suggest_categorical("family", ...).
+    choices = ctx.study.search_space.families
     ctx.optuna_study.add_trial(
         optuna.trial.create_trial(
-            values=values, user_attrs={"val_accuracy_per_epoch": history, "retention": values[0]}
+            values=values,
+            params={"family": family},
+            distributions={"family": optuna.distributions.CategoricalDistribution(choices)},
+            user_attrs={"val_accuracy_per_epoch": history, "retention": values[0]},
         )
     )
 
@@ -180,6 +185,7 @@ def test_trial_below_the_median_is_pruned_with_its_epoch(tiny_study, shared_runs
     tiny_study["name"] = "early-stop"
     tiny_study["budget"]["epochs"] = 3
     tiny_study["early_stopping"] = {"warmup_epochs": 1, "min_completed_trials": 1}
+    tiny_study["search_space"]["families"] = ["resnet"]
     ctx = prepare_search(parse_study(tiny_study), runs_root=shared_runs, log=lambda _: None)
     _add_completed(ctx, [0.9, 10.0, 1.0], [1.0, 1.0, 1.0])  # nobody beats a perfect median
     assert run_one_trial(ctx, log=lambda _: None) == TrialState.PRUNED
@@ -188,6 +194,20 @@ def test_trial_below_the_median_is_pruned_with_its_epoch(tiny_study, shared_runs
         pruned.user_attrs["stopped_at_epoch"] == 2 and len(pruned.user_attrs["val_accuracy_per_epoch"]) == 2
     )
     assert pruned.user_attrs["seconds_saved"] > 0
+
+
+def test_trial_is_only_compared_with_its_own_family(tiny_study, shared_runs):
+    from autokd.early_stopping import TrialStopped
+    from autokd.search import _epoch_rule, prepare_search
+    from autokd.trial import TrialConfig
+
+    tiny_study["name"] = "early-stop-family"
+    tiny_study["early_stopping"] = {"warmup_epochs": 1, "min_completed_trials": 1}
+    ctx = prepare_search(parse_study(tiny_study), runs_root=shared_runs, log=lambda _: None)
+    _add_completed(ctx, [0.9, 10.0, 1.0], [1.0, 1.0, 1.0], family="convnext")
+    _epoch_rule(ctx, TrialConfig("resnet", 0.25, 0.5, epochs=3), [])(2, 0.5)  # no resnet to compare with
+    with pytest.raises(TrialStopped):
+        _epoch_rule(ctx, TrialConfig("convnext", 0.25, 0.5, epochs=3), [])(2, 0.5)
 
 
 def test_prescreen_skips_a_student_dominated_on_size_and_latency(tiny_study, shared_runs):

@@ -68,4 +68,3 @@ def test_plugin_receives_its_stages_in_its_order(setup):
     )
     # teacher (width 0.5): stage 4 = 256 channels at 1×1, stage 2 = 64 at 4×4; student: 128 and 32
     assert Recorder.seen == [(256, 1, 1), (64, 4, 4), (128, 1, 1), (32, 4, 4)]
-
