@@ -57,7 +57,8 @@ class TeacherSection(_Section):
 class SearchSpaceSection(_Section):
     """What each trial samples: the student and how it learns from the teacher."""
 
-    families: Annotated[list[str], Field(min_length=1)] = ["resnet", "mobilenetv3", "convnext"]
+    # mobilenetv3 is left out: no INT8 backend quantizes it correctly (see autokd.quantize).
+    families: Annotated[list[str], Field(min_length=1)] = ["resnet", "convnext"]
     width: Range = (0.125, 0.5)
     depth: Range = (0.5, 1.0)
     methods: Annotated[list[str], Field(min_length=1)] = ["hinton_kd"]
@@ -107,9 +108,9 @@ class ObjectivesSection(_Section):
 
 
 class QuantizationSection(_Section):
-    """Post-training INT8 quantization."""
+    """INT8 deployment: the backend (which fixes the runtime latency is measured on) and its calibration."""
 
-    backend: str = "fx_x86"
+    backend: str = "onnxruntime"
     calibration_batches: Annotated[int, Field(ge=1)] = 8
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from autokd.config import Study, StudyFileError
 from autokd.data import load_splits
 from autokd.distill import PLUGINS, load_plugins
-from autokd.measure import measure_latency
+from autokd.measure import latency_example, measure_latency
 from autokd.pareto import DIRECTIONS
 from autokd.quantize import BACKENDS
 from autokd.students import FAMILIES
@@ -34,6 +34,12 @@ from autokd.trial import TeacherReference, TrialConfig, run_trial
 
 JOURNAL = "optuna-journal.log"
 NO_DISTILLATION = "none"
+TRIALS_DIR = "trials"
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    """Where trial ``number`` keeps its FP32 student weights and INT8 artifact."""
+    return run_dir / TRIALS_DIR / str(number)
 
 
 def journal_storage(run_dir: Path) -> JournalStorage:
@@ -77,6 +83,14 @@ def validate_against_registries(study: Study) -> None:
         raise StudyFileError(
             f"field 'quantization.backend' = {study.quantization.backend!r}: allowed: {', '.join(BACKENDS.names())}"
         )
+    backend = BACKENDS.get(study.quantization.backend)
+    for i, family in enumerate(study.search_space.families):
+        if family in backend.unsupported_families:
+            supported = [f for f in FAMILIES.names() if f not in backend.unsupported_families]
+            raise StudyFileError(
+                f"field 'search_space.families.{i}' = {family!r}: not supported by quantization backend "
+                f"'{backend.name}' ({backend.unsupported_families[family]}); supported there: {', '.join(supported)}"
+            )
 
 
 def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
@@ -135,10 +149,17 @@ def _resolve_plugin_paths(study: Study, study_path: Path | None) -> list[Path]:
 
 def _trial_line(number: int, result: dict, config: TrialConfig) -> str:
     method = "+".join(config.methods) or NO_DISTILLATION
+    flags = "".join(
+        [
+            " [INT8 slower than FP32]" if result["int8_slower_than_fp32"] else "",
+            " [INT8 disagrees with FP32]" if not result["agreement_ok"] else "",
+        ]
+    )
     return (
-        f"trial {number:>3}: {config.family:<11} w={config.width:.2f} d={config.depth:.2f} {method:<12} "
-        f"params {result['parameters']:>9,}  retention {result['retention']:.3f} (fp32 {result['retention_fp32']:.3f})  "
-        f"compression {result['compression']:6.1f}x  latency {result['latency_ms']:.2f} ms  {result['wall_seconds']:.0f} s"
+        f"trial {number:>3}: {config.family:<11} w={config.width:.2f} d={config.depth:.2f} {method:<12}"
+        f" params {result['parameters']:>9,}  retention {result['retention']:.3f} "
+        f"(fp32 {result['retention_fp32']:.3f})  compression {result['compression']:6.1f}x  latency "
+        f"{result['latency_ms']:.2f} ms ({result['int8_speedup_vs_fp32']:.2f}x FP32)  {result['wall_seconds']:.0f} s{flags}"
     )
 
 
@@ -198,13 +219,13 @@ def run_search(
         )
     lock = run_dir / "latency.lock"
     if not existing:
-        example = data.test_x[: study.objectives.latency_batch_size]
+        # The teacher's FP32 latency on the students' runtime, measured the same way as theirs.
+        example = latency_example(data.test_x, study.objectives.latency_batch_size)
         teacher_latency = measure_latency(
-            teacher.model,
+            BACKENDS.get(study.quantization.backend).float_model(teacher.model, example),
             example,
             threads=study.objectives.latency_threads,
             min_run_time_s=study.objectives.latency_min_run_time_s,
-            runtime="torch eager (FP32)",
             lock_path=lock,
         )
         ref = study.objectives.reference_point
@@ -268,7 +289,13 @@ def run_search(
             trial = optuna_study.ask()
             config = sample_config(trial, study)
             try:
-                result = run_trial(config, data, teacher_ref, latency_lock=lock)
+                result = run_trial(
+                    config,
+                    data,
+                    teacher_ref,
+                    latency_lock=lock,
+                    artifact_dir=trial_dir(run_dir, trial.number),
+                )
             except KeyboardInterrupt:
                 trial.set_user_attr("error", "interrupted by the user")
                 optuna_study.tell(trial, state=TrialState.FAIL)

@@ -5,6 +5,7 @@ No orchestrator is imported here: Optuna, Ray Tune and the tests all call :func:
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -15,10 +16,12 @@ from torch import nn
 
 from autokd.data import DataSplits
 from autokd.distill import PLUGINS, ModelInfo
-from autokd.measure import Latency, measure_latency
-from autokd.quantize import BACKENDS, deployed_weight_bytes, quantize
+from autokd.measure import SharedCores, latency_example, measure_latency
+from autokd.quantize import AGREEMENT_THRESHOLD, BACKENDS, DEFAULT_BACKEND, calibration_batches, predict
 from autokd.students import build_student, count_parameters
-from autokd.train import TrainSettings, WeightedPlugin, evaluate, feature_stage_indices, train
+from autokd.train import TrainSettings, WeightedPlugin, evaluate, feature_stage_indices, predict_logits, train
+
+STUDENT_WEIGHTS = "student.pt"
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class TrialConfig:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     seed: int = 0
-    quantization_backend: str = "fx_x86"
+    quantization_backend: str = DEFAULT_BACKEND
     calibration_batches: int = 8
     latency_batch_size: int = 1
     latency_threads: int = 1
@@ -88,69 +91,75 @@ def run_trial(
     *,
     on_epoch: Callable[[int, float], None] | None = None,
     latency_lock: Path | None = None,
+    artifact_dir: Path | None = None,
 ) -> dict:
     """Train, quantize and measure one student; return every metric (see the objective definitions).
 
     ``on_epoch(epoch, val_accuracy)`` is called after every epoch; raising from it stops the trial.
+    ``latency_lock`` is the
+    file that keeps training off the cores while a latency is measured. ``artifact_dir``, when given,
+    receives the FP32 student's state dict (``student.pt``, what ``autokd export`` rebuilds from) and
+    the deployable INT8 artifact.
     """
     wall_start = time.perf_counter()
     torch.manual_seed(config.seed)
+    backend = BACKENDS.get(config.quantization_backend)
     student = build_student(
         config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
     )
     plugins = build_plugins(config, student, teacher.model, data.num_classes)
     val_history: list[float] = []
+    cores = SharedCores(latency_lock)
 
     def after_epoch(epoch: int, model: nn.Module) -> None:
         val_history.append(evaluate(model, data.val_x, data.val_y))
         if on_epoch is not None:
             on_epoch(epoch, val_history[-1])
+        cores.step_aside()
 
-    train(
-        student,
-        data.train_x,
-        data.train_y,
-        TrainSettings(config.epochs, config.batch_size, config.lr, config.weight_decay, config.seed),
-        plugins=plugins,
-        temperature=config.temperature,
-        teacher_logits=teacher.train_logits,
-        teacher=teacher.model,
-        on_epoch=after_epoch,
-    )
-    train_seconds = time.perf_counter() - wall_start
+    def settings(epochs: int, lr: float) -> TrainSettings:
+        return TrainSettings(epochs, config.batch_size, lr, config.weight_decay, config.seed)
 
-    quant_start = time.perf_counter()
-    fp32_accuracy = evaluate(student, data.test_x, data.test_y)
-    calibration = [
-        data.train_x[i * config.batch_size : (i + 1) * config.batch_size]
-        for i in range(config.calibration_batches)
-    ]
-    calibration = [batch for batch in calibration if len(batch)]
-    int8_model = quantize(student, calibration, config.quantization_backend)
-    int8_accuracy = evaluate(int8_model, data.test_x, data.test_y)
-    with torch.no_grad():
-        probe = data.test_x[:1000]
-        agreement = float((student(probe).argmax(1) == int8_model(probe).argmax(1)).float().mean())
-    quant_seconds = time.perf_counter() - quant_start
+    common = {"plugins": plugins, "temperature": config.temperature, "teacher_logits": teacher.train_logits}
+    with cores:
+        train(
+            student,
+            data.train_x,
+            data.train_y,
+            settings(config.epochs, config.lr),
+            teacher=teacher.model,
+            on_epoch=after_epoch,
+            **common,
+        )
+        train_seconds = time.perf_counter() - wall_start
+
+        quant_start = time.perf_counter()
+        fp32_logits = predict_logits(student, data.test_x)
+        fp32_accuracy = float((fp32_logits.argmax(1) == data.test_y).float().mean())
+        calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
+        int8_model, fp32_model = backend.quantize_with_fp32(student, calibration)
+        int8_predictions = predict(int8_model, data.test_x).argmax(1)
+        int8_accuracy = float((int8_predictions == data.test_y).float().mean())
+        agreement = float((int8_predictions == fp32_logits.argmax(1)).float().mean())
+        artifact_bytes = None
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = artifact_dir if artifact_dir is not None else Path(tmp)
+            directory.mkdir(parents=True, exist_ok=True)
+            if artifact_dir is not None:
+                torch.save(student.state_dict(), directory / STUDENT_WEIGHTS)
+            if backend.artifact_format:
+                artifact_bytes = int8_model.save(directory / "int8").stat().st_size
+        quant_seconds = time.perf_counter() - quant_start
 
     measure_start = time.perf_counter()
-    example = data.test_x[: config.latency_batch_size]
-    if len(example) < config.latency_batch_size:  # tiny test splits: repeat rows to the asked batch
-        example = example.repeat(config.latency_batch_size // len(example) + 1, 1, 1, 1)[
-            : config.latency_batch_size
-        ]
-    latency: Latency = measure_latency(
-        int8_model,
-        example,
-        threads=config.latency_threads,
-        min_run_time_s=config.latency_min_run_time_s,
-        runtime=BACKENDS.get(config.quantization_backend).runtime,
-        lock_path=latency_lock,
-    )
+    example = latency_example(data.test_x, config.latency_batch_size)
+    timing = {"threads": config.latency_threads, "min_run_time_s": config.latency_min_run_time_s}
+    latency = measure_latency(int8_model, example, lock_path=latency_lock, **timing)
+    latency_fp32 = measure_latency(fp32_model, example, lock_path=latency_lock, **timing)
     measure_seconds = time.perf_counter() - measure_start
 
     parameters = count_parameters(student)
-    weight_bytes = deployed_weight_bytes(int8_model)
+    weight_bytes = int8_model.weight_bytes()
     return {
         "retention": int8_accuracy / teacher.test_accuracy,
         "compression": teacher.weight_bytes / weight_bytes,
@@ -161,11 +170,20 @@ def run_trial(
         "int8_accuracy": int8_accuracy,
         "fp32_accuracy": fp32_accuracy,
         "int8_fp32_agreement": agreement,
+        "agreement_ok": agreement >= AGREEMENT_THRESHOLD,
+        "backend": backend.name,
+        "runtime": latency.runtime,
+        "latency_fp32_ms": latency_fp32.median_ms,
+        "latency_fp32_iqr_ms": latency_fp32.iqr_ms,
+        "int8_speedup_vs_fp32": latency_fp32.median_ms / latency.median_ms,
+        "int8_slower_than_fp32": latency.median_ms > latency_fp32.median_ms,
         "parameters": parameters,
         "parameter_ratio": teacher.parameters / parameters,
         "weight_bytes": weight_bytes,
+        "artifact_bytes": artifact_bytes,
         "val_accuracy_per_epoch": val_history,
         "latency": latency.as_dict(),
+        "latency_fp32": latency_fp32.as_dict(),
         "train_seconds": train_seconds,
         "quantize_seconds": quant_seconds,
         "latency_seconds": measure_seconds,

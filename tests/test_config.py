@@ -111,3 +111,7 @@ def test_cli_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "unknown field 'bogus'" in result.stderr
+
+
+def test_the_default_backend_is_onnx_runtime():
+    assert parse_study({"name": "q"}).quantization.backend == "onnxruntime"

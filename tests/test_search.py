@@ -14,7 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autokd.config import parse_study
-from autokd.search import JOURNAL, journal_storage, run_search
+from autokd.search import JOURNAL, journal_storage, run_search, trial_dir
+from autokd.trial import STUDENT_WEIGHTS
 from tests.conftest import write_study
 
 RAISING_PLUGIN = '''
@@ -57,8 +58,18 @@ def test_completed_trials_store_objectives_and_settings(tiny_study, shared_runs)
         "wall_seconds",
         "compression",
         "parameter_ratio",
+        "latency_fp32_ms",
+        "int8_speedup_vs_fp32",
+        "int8_fp32_agreement",
+        "artifact_bytes",
     ):
         assert key in trial.user_attrs
+    assert (trial.user_attrs["backend"], trial.user_attrs["runtime"]) == ("onnxruntime", "onnxruntime")
+    assert (
+        trial.user_attrs["latency"]["runtime_version"]
+        and trial.user_attrs["latency_fp32"]["precision"] == "fp32"
+    )
+    assert (trial_dir(outcome.run_dir, trial.number) / STUDENT_WEIGHTS).exists()
 
 
 def test_raising_trial_is_failed_with_its_message_and_the_study_goes_on(
