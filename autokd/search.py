@@ -109,6 +109,8 @@ def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
             key: trial.suggest_float(f"{name}.{key}", spec.low, spec.high, log=spec.log)
             for key, spec in PLUGINS.get(name).hyperparameters.items()
         }
+    qat_choices = study.quantization.qat_choices
+    qat = trial.suggest_categorical("qat", qat_choices) if len(qat_choices) > 1 else qat_choices[0]
     return TrialConfig(
         family=family,
         width=width,
@@ -124,6 +126,8 @@ def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
         seed=study.seed + trial.number,
         quantization_backend=study.quantization.backend,
         calibration_batches=study.quantization.calibration_batches,
+        qat=qat,
+        qat_epochs=study.quantization.qat_epochs,
         latency_batch_size=study.objectives.latency_batch_size,
         latency_threads=study.objectives.latency_threads,
         latency_min_run_time_s=study.objectives.latency_min_run_time_s,
@@ -157,7 +161,7 @@ def _trial_line(number: int, result: dict, config: TrialConfig) -> str:
     )
     return (
         f"trial {number:>3}: {config.family:<11} w={config.width:.2f} d={config.depth:.2f} {method:<12}"
-        f" params {result['parameters']:>9,}  retention {result['retention']:.3f} "
+        f"{' qat' if config.qat else ''} params {result['parameters']:>9,}  retention {result['retention']:.3f} "
         f"(fp32 {result['retention_fp32']:.3f})  compression {result['compression']:6.1f}x  latency "
         f"{result['latency_ms']:.2f} ms ({result['int8_speedup_vs_fp32']:.2f}x FP32)  {result['wall_seconds']:.0f} s{flags}"
     )

@@ -18,9 +18,12 @@ from autokd.data import DataSplits
 from autokd.distill import PLUGINS, ModelInfo
 from autokd.measure import SharedCores, latency_example, measure_latency
 from autokd.quantize import AGREEMENT_THRESHOLD, BACKENDS, DEFAULT_BACKEND, calibration_batches, predict
+from autokd.quantize.qat import copy_weights_back, prepare_qat
 from autokd.students import build_student, count_parameters
 from autokd.train import TrainSettings, WeightedPlugin, evaluate, feature_stage_indices, predict_logits, train
 
+# QAT fine-tunes a trained student: a tenth of the training learning rate keeps it near its optimum.
+QAT_LR_FACTOR = 0.1
 STUDENT_WEIGHTS = "student.pt"
 
 
@@ -42,6 +45,8 @@ class TrialConfig:
     seed: int = 0
     quantization_backend: str = DEFAULT_BACKEND
     calibration_batches: int = 8
+    qat: bool = False  # quantization-aware training during the last ``qat_epochs`` of ``epochs``
+    qat_epochs: int = 1
     latency_batch_size: int = 1
     latency_threads: int = 1
     latency_min_run_time_s: float = 0.3
@@ -96,7 +101,7 @@ def run_trial(
     """Train, quantize and measure one student; return every metric (see the objective definitions).
 
     ``on_epoch(epoch, val_accuracy)`` is called after every epoch; raising from it stops the trial.
-    ``latency_lock`` is the
+    With ``qat`` the last ``qat_epochs`` epochs train under fake quantization. ``latency_lock`` is the
     file that keeps training off the cores while a latency is measured. ``artifact_dir``, when given,
     receives the FP32 student's state dict (``student.pt``, what ``autokd export`` rebuilds from) and
     the deployable INT8 artifact.
@@ -108,6 +113,9 @@ def run_trial(
         config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
     )
     plugins = build_plugins(config, student, teacher.model, data.num_classes)
+    qat_epochs = config.qat_epochs if config.qat else 0
+    if qat_epochs >= config.epochs:
+        raise ValueError(f"qat_epochs ({qat_epochs}) must leave at least one FP32 epoch of {config.epochs}")
     val_history: list[float] = []
     cores = SharedCores(latency_lock)
 
@@ -126,11 +134,26 @@ def run_trial(
             student,
             data.train_x,
             data.train_y,
-            settings(config.epochs, config.lr),
+            settings(config.epochs - qat_epochs, config.lr),
             teacher=teacher.model,
             on_epoch=after_epoch,
             **common,
         )
+        if qat_epochs:
+            needs = [i for entry in plugins for i in entry.plugin.needs_features]
+            indices = feature_stage_indices(student, needs) if needs else []
+            qat_student = prepare_qat(student, data.train_x[: config.batch_size], indices)
+            fp32_epochs = config.epochs - qat_epochs
+            train(
+                qat_student,
+                data.train_x,
+                data.train_y,
+                settings(qat_epochs, config.lr * QAT_LR_FACTOR),
+                teacher=teacher.model,
+                on_epoch=lambda epoch, model: after_epoch(fp32_epochs + epoch, model),
+                **common,
+            )
+            copy_weights_back(qat_student, student)
         train_seconds = time.perf_counter() - wall_start
 
         quant_start = time.perf_counter()
@@ -173,6 +196,7 @@ def run_trial(
         "agreement_ok": agreement >= AGREEMENT_THRESHOLD,
         "backend": backend.name,
         "runtime": latency.runtime,
+        "qat": bool(qat_epochs),
         "latency_fp32_ms": latency_fp32.median_ms,
         "latency_fp32_iqr_ms": latency_fp32.iqr_ms,
         "int8_speedup_vs_fp32": latency_fp32.median_ms / latency.median_ms,

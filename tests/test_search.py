@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autokd.config import parse_study
-from autokd.search import JOURNAL, journal_storage, run_search, trial_dir
+from autokd.search import JOURNAL, journal_storage, run_search, sample_config, trial_dir
 from autokd.trial import STUDENT_WEIGHTS
 from tests.conftest import write_study
 
@@ -173,3 +173,25 @@ def test_rerunning_a_finished_study_runs_no_new_trial(tiny_study, shared_runs):
     run_search(study, runs_root=shared_runs, log=lambda _: None, progress=False)
     run_search(study, runs_root=shared_runs, log=lambda _: None, progress=False)
     assert len(trials_of(shared_runs / "finished", "finished")) == 1
+
+
+def test_qat_is_a_searchable_choice(tiny_study):
+    tiny_study["quantization"].update(qat=[False, True], qat_epochs=1)
+    tiny_study["budget"]["epochs"] = 2
+    study = parse_study(tiny_study)
+    fixed = {"family": "resnet", "width": 0.2, "depth": 0.5, "method": "hinton_kd"}
+    fixed.update(temperature=2.0, loss_weight=1.0)
+    configs = [sample_config(optuna.trial.FixedTrial({**fixed, "qat": qat}), study) for qat in (False, True)]
+    assert [c.qat for c in configs] == [False, True] and configs[1].qat_epochs == 1
+
+
+@pytest.mark.slow
+def test_a_qat_trial_trains_its_last_epoch_quantization_aware(tiny_study, shared_runs):
+    tiny_study["name"] = "qat"
+    tiny_study["budget"].update(trials=1, epochs=2)
+    tiny_study["quantization"].update(qat=True, qat_epochs=1)
+    outcome = run_search(parse_study(tiny_study), runs_root=shared_runs, log=lambda _: None, progress=False)
+    trial = trials_of(outcome.run_dir, "qat")[0]
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["qat"] is True
+    assert len(trial.user_attrs["val_accuracy_per_epoch"]) == 2
+    assert trial.user_attrs["retention_fp32"] > 0.5
