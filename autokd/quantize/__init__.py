@@ -34,9 +34,12 @@ when it is loaded, and every trial records its own agreement so the report flags
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +156,37 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
 def top1(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy of a deployed model on (images, labels)."""
     return float((predict(model, images).argmax(1) == labels).float().mean()) if len(labels) else 0.0
+
+
+# Loggers that report library internals a user cannot act on (ORT's quantizer logs through the root
+# logger; torch warns about CUDA and pytree registrations when onnxruntime.quantization or torchao load).
+_NOISY_LOGGERS = (
+    "",
+    "torch.utils._pytree",
+    "torch.utils.cpp_extension",
+    "torch._export",
+    "torch.export",
+    "torch._dynamo",
+    "torch._inductor",
+    "torch.onnx",
+    "torchao",
+)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence warnings and library logging below errors around quantization, export and compilation."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def eval_copy(model: nn.Module) -> nn.Module:

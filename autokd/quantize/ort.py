@@ -14,10 +14,8 @@ of a trial's quantization budget; the torch.export exporter takes over when the 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from autokd.quantize import DeployedModel, QuantizationBackend, QuantizationError, eval_copy, register_backend
+from autokd.quantize import (
+    DeployedModel,
+    QuantizationBackend,
+    QuantizationError,
+    eval_copy,
+    quiet,
+    register_backend,
+)
 
 INPUT, OUTPUT = "images", "logits"
 OPSET = 17
@@ -38,8 +43,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> tuple[bytes, str]:
     errors = []
     try:
         buffer = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with quiet(), torch.no_grad():
             torch.onnx.export(
                 model,
                 (example,),
@@ -54,8 +58,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> tuple[bytes, str]:
     except Exception as exc:  # the legacy exporter is deprecated and may be gone: use torch.export's
         errors.append(f"torchscript exporter: {type(exc).__name__}: {exc}")
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with quiet(), torch.no_grad():
             program = torch.onnx.export(
                 model,
                 (example,),
@@ -157,13 +160,14 @@ class _Batches:
 
 def quantize_onnx(model_bytes: bytes, calibration: Sequence[torch.Tensor]) -> bytes:
     """Static QDQ INT8 version of an FP32 ONNX model, calibrated on ``calibration``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    with quiet():  # importing it makes torch log a note about CUDA
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32, pre, int8 = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         fp32.write_bytes(model_bytes)
-        with _quiet():
+        with quiet():  # per-tensor notes from the quantizer a user cannot act on
             quant_pre_process(str(fp32), str(pre))
             quantize_static(
                 str(pre),
@@ -177,22 +181,6 @@ def quantize_onnx(model_bytes: bytes, calibration: Sequence[torch.Tensor]) -> by
                 extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
             )
         return int8.read_bytes()
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the quantizer's logging and warnings (per-tensor notes a user cannot act on)."""
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
 
 
 @dataclass(frozen=True)

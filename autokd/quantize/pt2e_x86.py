@@ -12,40 +12,25 @@ parameters: they are dropped, so neither the size count nor the saved ``.pt2`` f
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from autokd.quantize import DeployedModel, QuantizationBackend, QuantizationError, eval_copy, register_backend
+from autokd.quantize import (
+    DeployedModel,
+    QuantizationBackend,
+    QuantizationError,
+    eval_copy,
+    quiet,
+    register_backend,
+)
 
 EVAL_CHUNK = 256
 MAX_BATCH = 1 << 16
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence export and quantizer warnings and logs (notes about internals a user cannot act on)."""
-    import logging
-
-    loggers = [
-        logging.getLogger(name) for name in ("torch._export", "torch.export", "torch._dynamo", "torchao")
-    ]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def export_graph(model: nn.Module, example: torch.Tensor, *, min_batch: int = 1) -> torch.fx.GraphModule:
@@ -57,10 +42,11 @@ def export_graph(model: nn.Module, example: torch.Tensor, *, min_batch: int = 1)
 
 def x86_quantizer(*, is_qat: bool = False):
     """torchao's x86 INT8 recipe: s8 per-channel weights, u8 activations (the inductor kernels' layout)."""
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
+    with quiet():  # importing torchao logs a pytree deprecation note
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
 
     quantizer = X86InductorQuantizer()
     quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
@@ -172,10 +158,10 @@ class PT2EX86Backend(QuantizationBackend):
     """torchao PT2E with the x86 inductor recipe, deployed compiled (see the module docstring)."""
 
     def quantize(self, model: nn.Module, calibration: Sequence[torch.Tensor]) -> CompiledTorchModel:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
         graph = export_graph(eval_copy(model), calibration[0])
         with quiet():
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
             prepared = prepare_pt2e(graph, x86_quantizer())
             with torch.no_grad():
                 for batch in calibration:

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from autokd.quantize import QuantizationError
-from autokd.quantize.pt2e_x86 import export_graph, quiet, x86_quantizer
+from autokd.quantize import QuantizationError, quiet
+from autokd.quantize.pt2e_x86 import export_graph, x86_quantizer
 
 
 class _LogitsAndFeatures(nn.Module):
@@ -50,7 +50,8 @@ class QATStudent(nn.Module):
         self.feature_info = feature_info
 
     def train(self, mode: bool = True) -> QATStudent:
-        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+        with quiet():
+            from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
         (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.graph)
         self.training = mode
@@ -74,7 +75,8 @@ class QATStudent(nn.Module):
 def prepare_qat(model: nn.Module, example: torch.Tensor, feature_indices: Sequence[int] = ()) -> QATStudent:
     """Fake-quantized training copy of ``model`` (which is left untouched) returning logits and the
     stage outputs at ``feature_indices`` (timm feature indices, as the training loop computes them)."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    with quiet():
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     zero = [
         name
