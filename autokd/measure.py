@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
 
-from autokd.quantize import DeployedModel
+from autokd.quantize import DeployedModel, quiet
 from autokd.quantize.eager import TorchEagerModel
 
 
@@ -130,6 +129,9 @@ def measure_latency(
     A plain ``nn.Module`` is timed in FP32 torch eager mode. At least ``min_repeats`` timed blocks
     (each the mean of ``number_per_run`` calls) are taken and at least ``min_run_time_s`` seconds spent.
     """
+    with quiet():  # importing it makes torch log a note about CUDA on CPU-only machines
+        from torch.utils import benchmark
+
     deployed = model if isinstance(model, DeployedModel) else TorchEagerModel(model, "fp32")
     with exclusive(lock_path):
         previous = torch.get_num_threads()

@@ -196,7 +196,7 @@ def eval_copy(model: nn.Module) -> nn.Module:
 
 def fp32_weight_bytes(model: nn.Module) -> int:
     """Bytes of an FP32 model's parameters (4 per element)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    return tensor_bytes(list(model.parameters()))
 
 
 def tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from autokd.quantize import DeployedModel
+from autokd.quantize import DeployedModel, tensor_bytes
 
 
 class TorchEagerModel(DeployedModel):
@@ -36,5 +36,5 @@ class TorchEagerModel(DeployedModel):
 
     def weight_bytes(self) -> int:
         """Parameters and floating-point buffers at their dtypes' widths."""
-        tensors = list(self.module.parameters()) + [b for b in self.module.buffers() if b.is_floating_point()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
+        return tensor_bytes(list(self.module.parameters()) + buffers)

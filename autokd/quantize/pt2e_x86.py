@@ -27,6 +27,7 @@ from autokd.quantize import (
     eval_copy,
     quiet,
     register_backend,
+    tensor_bytes,
 )
 
 EVAL_CHUNK = 256
@@ -137,8 +138,8 @@ class CompiledTorchModel(DeployedModel):
         """Tensors the graph reads (INT8 weights, their per-channel scales and zero points, FP32 biases
         and layers left in FP32) at their dtypes' widths; per-tensor activation scales are constants."""
         if isinstance(self.graph, torch.fx.GraphModule):
-            return sum(t.numel() * t.element_size() for t in _graph_tensors(self.graph))
-        return sum(p.numel() * p.element_size() for p in self.graph.parameters())
+            return tensor_bytes(_graph_tensors(self.graph))
+        return tensor_bytes(list(self.graph.parameters()))
 
     def save(self, path: Path) -> Path:
         if not isinstance(self.graph, torch.fx.GraphModule):
