@@ -5,27 +5,29 @@ INT8 model as it runs on a named runtime, callable on image tensors, timeable, s
 as a deployable artifact. The same backend also gives the FP32 model on that runtime, so that speed-ups
 are always INT8 against FP32 on the same runtime (and the teacher's latency is measured the same way).
 
-Backends (measured on this workplace's CPU with torch 2.14.1, torchao 0.18, onnxruntime 1.32, one
-thread, digits students of width 0.25 and depth 0.5 at 32×32; see ``benchmarks/quantization.py`` and
-``docs/quantization.md`` for the numbers and the command that measures them):
+Backends, chosen on measurements with torch 2.14.1, torchao 0.18 and onnxruntime 1.32 on this
+workplace's CPU (one thread, Fashion-MNIST students of width 0.25 and depth 0.5 at 32×32; the numbers
+and the command that measures them are in ``docs/quantization.md`` and ``benchmarks/quantization.py``):
 
 - ``onnxruntime`` (the default): ONNX export, then ONNX Runtime's static QDQ quantization with u8
-  activations and s8 per-channel weights, conv-BN folded at export and conv-ReLU fused by the quantizer.
-  Cheap per trial (export 0.1 s, quantization 0.3-0.6 s) and the fastest runtime at batch 1 by an order
-  of magnitude (ORT FP32 0.05-0.17 ms against 0.9-2.5 ms for torch eager); on students this small INT8
-  adds little or nothing on top of ORT's FP32, which the report says trial by trial.
+  activations and s8 per-channel weights, BatchNorm folded at export and Conv-ReLU fused by the
+  quantizer. Cheap per trial (export 0.1 s, quantization 0.1-0.6 s) and the fastest runtime at batch 1
+  by an order of magnitude (its FP32 already runs these students in 0.04-0.17 ms against 0.8-2.6 ms for
+  torch eager); on students this small INT8 adds little on top of that, or costs time (ConvNeXt), which
+  the report says trial by trial.
 - ``pt2e_x86``: the torch-native path that survives the removal of torch.ao's eager and FX APIs:
   torchao's PT2E (``prepare_pt2e``/``convert_pt2e`` with ``X86InductorQuantizer``), run through
-  ``torch.compile`` with inductor freezing, which lowers the Q/DQ graph to oneDNN INT8 kernels.
-  Uncompiled (or lowered without codegen by torchao's ``lower_pt2e_quantized_to_x86``) the graph is
-  slower than FP32 at batch 1, so the compiled graph is what is deployed and timed. Dynamic batch
-  sizes fail to compile for quantized convolutions, so one graph is compiled per batch shape: a cold
-  compile costs 2-22 s, three per trial (evaluation chunk, INT8 and FP32 at the latency batch), which
-  makes this backend an opt-in for studies that deploy on torch, not the search default.
-torch.ao's FX graph mode (the former ``fx_x86`` backend) is gone: deprecated in torch 2.14 and
-scheduled for removal, without an artifact format, and its x86 config quantizes activations to 7 bits,
-which cost it the agreement bar on ResNet (0.965 against 0.98 for ONNX Runtime) although it gave the
-largest torch eager speed-up (ResNet 4.9× at batch 64).
+  ``torch.compile`` with inductor freezing, which lowers the Q/DQ graph to oneDNN INT8 kernels (ResNet
+  1.6-2.0× faster than the same student compiled in FP32 at batch 64, 3.8-14× faster than FP32 eager).
+  Uncompiled, or lowered without codegen by torchao's ``lower_pt2e_quantized_to_x86``, the graph is
+  slower than FP32 at batch 1, so the compiled graph is what is deployed and timed. Quantized
+  convolutions do not compile with a dynamic batch, so every batch shape is a cold compile of 2-22 s,
+  and a trial needs three (evaluation chunk, INT8 and FP32 at the latency batch size): an opt-in for
+  studies that deploy on torch, not the search default.
+
+torch.ao's FX graph mode (the skeleton's ``fx_x86``) is gone: deprecated in torch 2.14 and scheduled for
+removal, without an artifact format, and its x86 config quantizes activations to 7 bits, which cost it
+the agreement bar on ResNet (0.965), although it was the one torch eager path with an INT8 speed-up.
 
 A backend lists the families it does not quantize correctly (top-1 agreement with FP32 below 0.98 on
 trained students in the benchmark); a study that pairs such a family with that backend is rejected
