@@ -3,8 +3,8 @@
 The one place latency is measured, for students (INT8 and their FP32 version) and the teacher alike:
 a :class:`~autokd.quantize.DeployedModel` hands over a zero-argument forward pass on its runtime
 (ONNX Runtime session, compiled graph, eager module) with everything else done beforehand,
-compilation included; it is warmed up, then timed by ``torch.utils.benchmark``'s blocked autorange
-with at least ``min_repeats`` blocks. The record names the runtime and its version, the CPU and torch.
+compilation included; it is warmed up, then timed by ``torch.utils.benchmark`` in at least
+``min_repeats`` blocks over at least ``min_run_time_s``. The record names the runtime and its version, the CPU and torch.
 
 Cores are shared through a file lock: training takes it shared (between epochs it steps aside for a
 waiting measurement), measurement takes it exclusively, so no trial of any worker trains on these
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import platform
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,8 +127,10 @@ def measure_latency(
 ) -> Latency:
     """Median/IQR wall time of one forward pass of ``example`` through ``model`` on its runtime.
 
-    A plain ``nn.Module`` is timed in FP32 torch eager mode. At least ``min_repeats`` timed blocks
-    (each the mean of ``number_per_run`` calls) are taken and at least ``min_run_time_s`` seconds spent.
+    A plain ``nn.Module`` is timed in FP32 torch eager mode. The time is split into at least
+    ``min_repeats`` blocks of equal call counts, each block's mean is one sample, and sampling goes on
+    until ``min_run_time_s`` has passed (``blocked_autorange`` alone often returns one block for a
+    sub-millisecond call, which has no spread to report).
     """
     with quiet():  # importing it makes torch log a note about CUDA on CPU-only machines
         from torch.utils import benchmark
@@ -143,10 +146,12 @@ def measure_latency(
         finally:
             torch.set_num_threads(previous)
         timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
-        measurement = timer.blocked_autorange(min_run_time=min_run_time_s)
-        times = list(measurement.times)
-        while len(times) < min_repeats:
-            times += timer.timeit(measurement.number_per_run).times
+        one_call = timer.timeit(1).mean
+        calls_per_block = max(1, int(min_run_time_s / min_repeats / max(one_call, 1e-7)))
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < min_repeats or time.perf_counter() - start < min_run_time_s:
+            times.append(timer.timeit(calls_per_block).mean)
     q1, median, q3 = np.percentile(np.asarray(times) * 1e3, [25, 50, 75])
     return Latency(
         median_ms=float(median),

@@ -26,7 +26,7 @@ DEFINITIONS = """\
   per-channel scales and zero points, FP32 where a layer stays FP32), counted from element counts and bit-widths,
   not file sizes. `parameter_ratio` is the plain teacher/student parameter-count ratio.
 - **latency** = median wall time of one forward pass of the deployed INT8 student on the named runtime
-  (torch.utils.benchmark, blocked autorange after warm-up and after any compilation, measured under a lock that
+  (torch.utils.benchmark, at least 10 timed blocks after warm-up and after any compilation, measured under a lock that
   keeps other measurements and training off the cores), at the batch size and thread count below;
   `latency_iqr_ms` is its interquartile range. `latency_fp32_ms` is the same student in FP32 on the same runtime
   and `int8_speedup_vs_fp32` their ratio; `speedup_vs_teacher` = FP32 teacher latency, measured the same way on
