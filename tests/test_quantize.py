@@ -151,3 +151,23 @@ def test_int8_agrees_with_fp32_on_trained_digits_students(family, backend, deplo
     assert (fp32_predictions == digits.test_y).float().mean() > 0.85, "the student should have learnt digits"
     agreement = float((predict(int8, digits.test_x).argmax(1) == fp32_predictions).float().mean())
     assert agreement >= AGREEMENT_THRESHOLD
+
+
+@pytest.mark.slow
+def test_onnx_export_falls_back_to_the_torch_export_exporter_when_the_legacy_one_is_gone(monkeypatch):
+    from autokd.quantize import ort
+
+    real_export = torch.onnx.export
+
+    def without_legacy(*args, **kwargs):
+        if kwargs.get("dynamo") is False:
+            raise RuntimeError("the TorchScript-based exporter was removed")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", without_legacy)
+    model, images = Tiny().eval(), torch.randn(6, 1, 8, 8)
+    model_bytes, exporter = ort.export_onnx(model, images)
+    assert exporter == "torch.export"
+    with torch.no_grad():
+        expected = model(images)
+    assert torch.allclose(predict(ort.OnnxRuntimeModel(model_bytes, "fp32"), images), expected, atol=1e-5)
