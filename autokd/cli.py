@@ -1,4 +1,4 @@
-"""The ``autokd`` command: search a study, report on it."""
+"""The ``autokd`` command: search a study, report on it, export a trial's INT8 student and run it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,21 @@ from pathlib import Path
 from autokd.config import StudyFileError, load_study_file
 from autokd.data import DatasetUnavailableError
 from autokd.distill import PluginLoadError
+from autokd.export import ExportError
 from autokd.plugin_cli import add_plugin_commands
+from autokd.quantize import QuantizationError
 from autokd.registry import RegistryError
 from autokd.report import ReportError
 
-USER_ERRORS = (StudyFileError, DatasetUnavailableError, PluginLoadError, RegistryError, ReportError)
+USER_ERRORS = (
+    StudyFileError,
+    DatasetUnavailableError,
+    PluginLoadError,
+    RegistryError,
+    ReportError,
+    ExportError,
+    QuantizationError,
+)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -36,6 +46,32 @@ def _report(args: argparse.Namespace) -> int:
 
     out = write_report(Path(args.run_dir), args.reports_dir)
     print(f"report: {out / 'index.html'} (also summary.md, pareto.csv, trials.csv)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from autokd.export import export_trial
+
+    result = export_trial(Path(args.run_dir), args.trial, artifact_format=args.format, out=args.out)
+    recorded = result.card["metrics"]["recorded_by_study"].get("int8_accuracy")
+    same = result.card["same_backend_as_study"]
+    print(
+        f"exported trial {args.trial} to {result.artifact} ({result.card['runtime']}); test top-1 of the artifact "
+        f"{result.accuracy:.4f}"
+        + (f", recorded by the study {recorded:.4f}" if same and recorded is not None else "")
+        + f"; model card: {result.directory / 'model_card.json'}"
+    )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from autokd.export import evaluate_export
+
+    accuracy, card = evaluate_export(args.export_dir, args.split)
+    print(
+        f"{card['study']} trial {card['trial']} ({card['format']} on {card['runtime']}): "
+        f"{args.split} top-1 {accuracy:.4f}"
+    )
     return 0
 
 
@@ -63,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--reports-dir", type=Path, default=Path("reports"), help="where reports go (default: reports)"
     )
     report.set_defaults(handler=_report)
+
+    export = sub.add_parser("export", help="write a trial's INT8 student as a deployable artifact")
+    export.add_argument("run_dir", help="run folder of a study, e.g. runs/quickstart")
+    export.add_argument("--trial", type=int, required=True, help="number of a completed trial")
+    export.add_argument(
+        "--format",
+        choices=["onnx", "pt2"],
+        default=None,
+        help="onnx (ONNX Runtime) or pt2 (torch.export program for torch.compile); default: the study's backend",
+    )
+    export.add_argument("--out", type=Path, default=None, help="folder (default: RUN_DIR/exports/trial-N)")
+    export.set_defaults(handler=_export)
+
+    predict = sub.add_parser("predict", help="run an exported student on its study's test split")
+    predict.add_argument("export_dir", help="an export folder (holding model_card.json)")
+    predict.add_argument("--split", choices=["test", "val"], default="test")
+    predict.set_defaults(handler=_predict)
     add_plugin_commands(sub)
     return parser
 

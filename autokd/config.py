@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Range = tuple[float, float]
 
@@ -66,7 +66,8 @@ class TeacherSection(_Section):
 class SearchSpaceSection(_Section):
     """What each trial samples: the student and how it learns from the teacher."""
 
-    families: Annotated[list[str], Field(min_length=1)] = ["resnet", "mobilenetv3", "convnext"]
+    # mobilenetv3 is left out: no INT8 backend quantizes it correctly (see autokd.quantize).
+    families: Annotated[list[str], Field(min_length=1)] = ["resnet", "convnext"]
     width: Range = (0.125, 0.5)
     depth: Range = (0.5, 1.0)
     methods: Annotated[list[str], Field(min_length=1)] = ["hinton_kd"]
@@ -126,10 +127,29 @@ class ObjectivesSection(_Section):
 
 
 class QuantizationSection(_Section):
-    """Post-training INT8 quantization."""
+    """INT8 deployment: the backend (which fixes the runtime latency is measured on), calibration, QAT.
 
-    backend: str = "fx_x86"
+    ``qat`` is searchable: ``false`` (post-training quantization only), ``true`` (quantization-aware
+    training during the last ``qat_epochs`` epochs), or ``[false, true]`` to let each trial choose.
+    """
+
+    backend: str = "onnxruntime"
     calibration_batches: Annotated[int, Field(ge=1)] = 8
+    qat: bool | Annotated[list[bool], Field(min_length=1)] = False
+    qat_epochs: Annotated[int, Field(ge=1)] = 1
+
+    @field_validator("qat", mode="before")
+    @classmethod
+    def _qat(cls, value: object) -> object:
+        choices = value if isinstance(value, list) else [value]
+        if not choices or not all(isinstance(choice, bool) for choice in choices):
+            raise ValueError("use true, false, or a list of them to search both, e.g. [false, true]")
+        return value
+
+    @property
+    def qat_choices(self) -> list[bool]:
+        """The QAT settings trials may take, without duplicates."""
+        return sorted(set(self.qat)) if isinstance(self.qat, list) else [self.qat]
 
 
 class SamplerSection(_Section):
@@ -158,6 +178,16 @@ class Study(_Section):
     teacher_cache_max_gb: Annotated[float, Field(gt=0)] = 2.0
     prescreen: bool = False
     plugins: list[str] = []
+
+    @model_validator(mode="after")
+    def _qat_leaves_fp32_epochs(self) -> Study:
+        q = self.quantization
+        if True in q.qat_choices and q.qat_epochs >= self.budget.epochs:
+            raise ValueError(
+                f"field 'quantization.qat_epochs' = {q.qat_epochs}: must be below budget.epochs "
+                f"({self.budget.epochs}), since quantization-aware training fine-tunes a student trained in FP32"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -207,6 +237,8 @@ def _describe(error: dict, document: object) -> str:
     if error["type"] == "missing":
         return f"field '{loc}' is required"
     message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a check across sections: its message names the field itself
+        return message
     return f"field '{loc}' = {error.get('input')!r}: {message}"
 
 

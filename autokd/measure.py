@@ -1,7 +1,14 @@
-"""Latency of a deployed model: median and IQR of one forward pass, measured alone on its cores.
+"""Latency of a deployed model on its runtime: median and IQR of one forward pass, measured alone.
 
-Measurements are serialised through a file lock, so that concurrent trials (several workers, Ray)
-never time a model while another one trains on the same cores.
+The one place latency is measured, for students (INT8 and their FP32 version) and the teacher alike:
+a :class:`~autokd.quantize.DeployedModel` hands over a zero-argument forward pass on its runtime
+(ONNX Runtime session, compiled graph, eager module) with everything else done beforehand,
+compilation included; it is warmed up, then timed by ``torch.utils.benchmark`` in at least
+``min_repeats`` blocks over at least ``min_run_time_s``. The record names the runtime and its version, the CPU and torch.
+
+Cores are shared through a file lock: training takes it shared (between epochs it steps aside for a
+waiting measurement), measurement takes it exclusively, so no trial of any worker trains on these
+cores while one is timed. A turnstile lock gives waiting measurements priority over new training.
 """
 
 from __future__ import annotations
@@ -9,13 +16,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import platform
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
+
+from autokd.quantize import DeployedModel, quiet
+from autokd.quantize.eager import TorchEagerModel
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,9 @@ class Latency:
     batch_size: int
     threads: int
     runtime: str
+    runtime_version: str
+    precision: str
+    repeats: int
     cpu: str
     torch_version: str
 
@@ -43,49 +57,119 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _turnstile(lock_path: Path) -> Path:
+    return lock_path.with_name(lock_path.name + ".turnstile")
+
+
 @contextlib.contextmanager
-def exclusive(lock_path: Path | None) -> Iterator[None]:
-    """Hold an exclusive file lock (no-op without a path) so that only one measurement runs at a time."""
-    if lock_path is None:
-        yield
-        return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, mode)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def exclusive(lock_path: Path | None) -> Iterator[None]:
+    """Hold the cores alone (no-op without a path): no other measurement and no training meanwhile."""
+    if lock_path is None:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        with _flock(_turnstile(lock_path), fcntl.LOCK_EX):  # new training waits behind us
+            stack.enter_context(_flock(lock_path, fcntl.LOCK_EX))
+        yield
+
+
+class SharedCores:
+    """Training's share of the cores: held while training, released for a moment between epochs.
+
+    Use as a context manager around training and call :meth:`step_aside` between epochs, so that a
+    measurement waiting in another process gets the cores. A no-op without a lock path.
+    """
+
+    def __init__(self, lock_path: Path | None) -> None:
+        self.lock_path = lock_path
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> SharedCores:
+        if self.lock_path is not None:
+            self._stack = contextlib.ExitStack()
+            with _flock(_turnstile(self.lock_path), fcntl.LOCK_EX):  # wait behind queued measurements
+                pass
+            self._stack.enter_context(_flock(self.lock_path, fcntl.LOCK_SH))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def step_aside(self) -> None:
+        """Release and take the shared lock again, letting a queued measurement run in between."""
+        if self._stack is not None:
+            self.__exit__()
+            self.__enter__()
+
+
 def measure_latency(
-    model: nn.Module,
+    model: DeployedModel | nn.Module,
     example: torch.Tensor,
     *,
     threads: int = 1,
     min_run_time_s: float = 0.3,
     warmup: int = 5,
-    runtime: str = "torch eager",
+    min_repeats: int = 10,
     lock_path: Path | None = None,
 ) -> Latency:
-    """Median/IQR wall time of ``model(example)`` over ``torch.utils.benchmark``'s blocked autorange."""
-    model.eval()
-    with exclusive(lock_path), torch.inference_mode():
+    """Median/IQR wall time of one forward pass of ``example`` through ``model`` on its runtime.
+
+    A plain ``nn.Module`` is timed in FP32 torch eager mode. The time is split into at least
+    ``min_repeats`` blocks of equal call counts, each block's mean is one sample, and sampling goes on
+    until ``min_run_time_s`` has passed (``blocked_autorange`` alone often returns one block for a
+    sub-millisecond call, which has no spread to report).
+    """
+    with quiet():  # importing it makes torch log a note about CUDA on CPU-only machines
+        from torch.utils import benchmark
+
+    deployed = model if isinstance(model, DeployedModel) else TorchEagerModel(model, "fp32")
+    with exclusive(lock_path):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
+            forward = deployed.timing_call(example, threads)  # compiles, builds sessions: not timed
             for _ in range(warmup):
-                model(example)
+                forward()
         finally:
             torch.set_num_threads(previous)
-        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example}, num_threads=threads)
-        result = timer.blocked_autorange(min_run_time=min_run_time_s)
+        timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
+        one_call = timer.timeit(1).mean
+        calls_per_block = max(1, int(min_run_time_s / min_repeats / max(one_call, 1e-7)))
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < min_repeats or time.perf_counter() - start < min_run_time_s:
+            times.append(timer.timeit(calls_per_block).mean)
+    q1, median, q3 = np.percentile(np.asarray(times) * 1e3, [25, 50, 75])
     return Latency(
-        median_ms=result.median * 1e3,
-        iqr_ms=result.iqr * 1e3,
+        median_ms=float(median),
+        iqr_ms=float(q3 - q1),
         batch_size=int(example.shape[0]),
         threads=threads,
-        runtime=runtime,
+        runtime=deployed.runtime,
+        runtime_version=deployed.runtime_version,
+        precision=deployed.precision,
+        repeats=len(times),
         cpu=cpu_model(),
         torch_version=torch.__version__,
     )
+
+
+def latency_example(images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The first ``batch_size`` images, rows repeated when the split is smaller than the batch."""
+    example = images[:batch_size]
+    if len(example) < batch_size:
+        example = example.repeat(batch_size // len(example) + 1, 1, 1, 1)[:batch_size]
+    return example.contiguous()

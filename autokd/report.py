@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from autokd.pareto import OBJECTIVES, hypervolume, pareto_mask
+from autokd.quantize import AGREEMENT_THRESHOLD
 from autokd.search import JOURNAL, journal_storage
 
 DEFINITIONS = """\
@@ -24,10 +25,13 @@ DEFINITIONS = """\
 - **compression ratio** = teacher weight bytes (FP32) / student weight bytes as deployed (INT8 weights with their
   per-channel scales and zero points, FP32 where a layer stays FP32), counted from element counts and bit-widths,
   not file sizes. `parameter_ratio` is the plain teacher/student parameter-count ratio.
-- **latency** = median wall time of one forward pass of the deployed INT8 student (torch.utils.benchmark, blocked
-  autorange after warm-up, measured under a lock so no other measurement shares the cores), at the batch size and
-  thread count below; `latency_iqr_ms` is its interquartile range. `speedup_vs_teacher` = FP32 teacher latency,
-  measured the same way, / student latency.
+- **latency** = median wall time of one forward pass of the deployed INT8 student on the named runtime
+  (torch.utils.benchmark, at least 10 timed blocks after warm-up and after any compilation, measured under a lock that
+  keeps other measurements and training off the cores), at the batch size and thread count below;
+  `latency_iqr_ms` is its interquartile range. `latency_fp32_ms` is the same student in FP32 on the same runtime
+  and `int8_speedup_vs_fp32` their ratio; `speedup_vs_teacher` = FP32 teacher latency, measured the same way on
+  the same runtime, / student latency. `int8_fp32_agreement` = share of test images on which the INT8 and FP32
+  students predict the same class.
 - **Pareto front**: retention and compression maximised, latency minimised, over completed trials only.
   **Hypervolume** against the reference point fixed when the study was created."""
 
@@ -67,7 +71,7 @@ def load_results(run_dir: Path) -> StudyResults:
         if "method" not in row:
             row["method"] = None
         for key, value in attrs.items():
-            if key in ("config", "latency", "val_accuracy_per_epoch"):
+            if key in ("config", "latency", "latency_fp32", "val_accuracy_per_epoch"):
                 continue
             if key == "prescreened":
                 row["prescreened_dominated_by"] = value["dominated_by"]
@@ -78,6 +82,8 @@ def load_results(run_dir: Path) -> StudyResults:
         row["latency_batch_size"] = latency.get("batch_size")
         row["latency_threads"] = latency.get("threads")
         row["runtime"] = latency.get("runtime")
+        row["runtime_version"] = latency.get("runtime_version")
+        row["flags"] = "; ".join(_flags(attrs))
         row["val_accuracy_per_epoch"] = " ".join(f"{v:.4f}" for v in attrs.get("val_accuracy_per_epoch", []))
         rows.append(row)
     trials = pd.DataFrame(rows)
@@ -96,6 +102,17 @@ def load_results(run_dir: Path) -> StudyResults:
         reference_point=study.user_attrs.get("reference_point", {}),
         settings=study.user_attrs.get("study", {}),
     )
+
+
+def _flags(attrs: dict) -> list[str]:
+    """What a reader must know about a trial's INT8 numbers (empty when nothing is wrong)."""
+    flags = []
+    if attrs.get("int8_slower_than_fp32"):
+        flags.append(f"INT8 slower than FP32 ({attrs.get('int8_speedup_vs_fp32', float('nan')):.2f}x)")
+    agreement = attrs.get("int8_fp32_agreement")
+    if agreement is not None and agreement < AGREEMENT_THRESHOLD:
+        flags.append(f"INT8/FP32 agreement {agreement:.3f} < {AGREEMENT_THRESHOLD}")
+    return flags
 
 
 def _hover(frame: pd.DataFrame) -> list[str]:
@@ -152,10 +169,17 @@ FRONT_COLUMNS = [
     "retention_fp32",
     "compression",
     "parameter_ratio",
+    "qat",
     "latency_ms",
     "latency_iqr_ms",
+    "latency_fp32_ms",
+    "int8_speedup_vs_fp32",
     "speedup_vs_teacher",
+    "int8_fp32_agreement",
+    "weight_bytes",
+    "artifact_bytes",
     "wall_seconds",
+    "flags",
 ]
 
 
@@ -166,9 +190,10 @@ def _markdown_table(frame: pd.DataFrame) -> str:
         cells = []
         for c in columns:
             v = row[c]
-            cells.append(
-                f"{int(v):,}" if c == "parameters" else f"{v:.3f}" if isinstance(v, float) else str(v)
-            )
+            if c in ("parameters", "weight_bytes", "artifact_bytes") and pd.notna(v):
+                cells.append(f"{int(v):,}")
+            else:
+                cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -199,6 +224,41 @@ def _efficiency_lines(trials: pd.DataFrame, teacher: dict) -> list[str]:
             )
             lines.append(
                 f"- teacher-output cache: {cache['views']} view(s) per image, cached stages {cache['cached_stages']}{live}"
+            )
+    return lines
+
+
+def _deployment_lines(done: pd.DataFrame, teacher_latency: dict) -> list[str]:
+    """Backend and runtime of the study, and every completed trial whose INT8 numbers need a warning."""
+    if not len(done) or "backend" not in done:
+        return ["- no completed trials with deployment records"]
+    lines = [
+        f"- backend: {', '.join(sorted(done['backend'].dropna().unique()))}; runtime: "
+        f"{', '.join(sorted(done['runtime'].dropna().unique()))}"
+    ]
+    if "qat" in done:
+        lines.append(
+            f"- quantization-aware training: {int(done['qat'].fillna(False).astype(bool).sum())} of {len(done)} trials"
+        )
+    batch = teacher_latency.get("batch_size")
+    slower_mask = (
+        done["int8_slower_than_fp32"].fillna(False).astype(bool) if "int8_slower_than_fp32" in done else []
+    )
+    slower = done[slower_mask] if len(slower_mask) else done.iloc[:0]
+    if len(slower):
+        listed = ", ".join(f"{int(r.trial)} ({r.int8_speedup_vs_fp32:.2f}x)" for r in slower.itertuples())
+        lines.append(
+            f"- **INT8 slower than the same student in FP32** on this runtime at batch {batch}: "
+            f"{len(slower)} of {len(done)} trials: {listed}"
+        )
+    else:
+        lines.append(f"- every INT8 student is at least as fast as its FP32 version at batch {batch}")
+    if "int8_fp32_agreement" in done:
+        low = done[done["int8_fp32_agreement"] < AGREEMENT_THRESHOLD]
+        if len(low):
+            listed = ", ".join(f"{int(r.trial)} ({r.int8_fp32_agreement:.3f})" for r in low.itertuples())
+            lines.append(
+                f"- **INT8/FP32 top-1 agreement below {AGREEMENT_THRESHOLD}**: {len(low)} of {len(done)} trials: {listed}"
             )
     return lines
 
@@ -236,7 +296,11 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
         f"- test top-1 (FP32): {teacher.get('test_accuracy', float('nan')):.4f}; val top-1: {teacher.get('val_accuracy', float('nan')):.4f}",
         f"- FP32 latency: {t_lat.get('median_ms', float('nan')):.3f} ms median (IQR {t_lat.get('iqr_ms', float('nan')):.3f}) "
         f"at batch {t_lat.get('batch_size')} with {t_lat.get('threads')} thread(s), {t_lat.get('runtime')}",
-        f"- measured on: {t_lat.get('cpu')}, torch {t_lat.get('torch_version')}",
+        f"- measured on: {t_lat.get('cpu')}, {t_lat.get('runtime')} {t_lat.get('runtime_version', '')}, "
+        f"torch {t_lat.get('torch_version')}",
+        "",
+        "## INT8 deployment",
+        *_deployment_lines(done, t_lat),
         "",
         "## Trials",
         "- " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))

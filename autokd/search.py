@@ -26,7 +26,7 @@ from autokd.data import DataSplits, load_splits
 from autokd.distill import PLUGINS, load_plugins
 from autokd.early_stopping import TrialStopped, should_stop
 from autokd.features import feature_stage_indices
-from autokd.measure import measure_latency
+from autokd.measure import latency_example, measure_latency
 from autokd.pareto import DIRECTIONS
 from autokd.quantize import BACKENDS
 from autokd.students import FAMILIES
@@ -36,6 +36,12 @@ from autokd.trial import TeacherReference, TrialConfig, measure_untrained, run_t
 
 JOURNAL = "optuna-journal.log"
 NO_DISTILLATION = "none"
+TRIALS_DIR = "trials"
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    """Where trial ``number`` keeps its FP32 student weights and INT8 artifact."""
+    return run_dir / TRIALS_DIR / str(number)
 
 
 def journal_storage(run_dir: Path) -> JournalStorage:
@@ -79,6 +85,14 @@ def validate_against_registries(study: Study) -> None:
         raise StudyFileError(
             f"field 'quantization.backend' = {study.quantization.backend!r}: allowed: {', '.join(BACKENDS.names())}"
         )
+    backend = BACKENDS.get(study.quantization.backend)
+    for i, family in enumerate(study.search_space.families):
+        if family in backend.unsupported_families:
+            supported = [f for f in FAMILIES.names() if f not in backend.unsupported_families]
+            raise StudyFileError(
+                f"field 'search_space.families.{i}' = {family!r}: not supported by quantization backend "
+                f"'{backend.name}' ({backend.unsupported_families[family]}); supported there: {', '.join(supported)}"
+            )
 
 
 def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
@@ -97,6 +111,8 @@ def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
             key: trial.suggest_float(f"{name}.{key}", spec.low, spec.high, log=spec.log)
             for key, spec in PLUGINS.get(name).hyperparameters.items()
         }
+    qat_choices = study.quantization.qat_choices
+    qat = trial.suggest_categorical("qat", qat_choices) if len(qat_choices) > 1 else qat_choices[0]
     return TrialConfig(
         family=family,
         width=width,
@@ -112,6 +128,8 @@ def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
         seed=study.seed + trial.number,
         quantization_backend=study.quantization.backend,
         calibration_batches=study.quantization.calibration_batches,
+        qat=qat,
+        qat_epochs=study.quantization.qat_epochs,
         latency_batch_size=study.objectives.latency_batch_size,
         latency_threads=study.objectives.latency_threads,
         latency_min_run_time_s=study.objectives.latency_min_run_time_s,
@@ -132,10 +150,17 @@ def fail_stale_trials(optuna_study: optuna.Study) -> int:
 
 def _trial_line(number: int, result: dict, config: TrialConfig) -> str:
     method = "+".join(config.methods) or NO_DISTILLATION
+    flags = "".join(
+        [
+            " [INT8 slower than FP32]" if result["int8_slower_than_fp32"] else "",
+            " [INT8 disagrees with FP32]" if not result["agreement_ok"] else "",
+        ]
+    )
     return (
-        f"trial {number:>3}: {config.family:<11} w={config.width:.2f} d={config.depth:.2f} {method:<12} "
-        f"params {result['parameters']:>9,}  retention {result['retention']:.3f} (fp32 {result['retention_fp32']:.3f})  "
-        f"compression {result['compression']:6.1f}x  latency {result['latency_ms']:.2f} ms  {result['wall_seconds']:.0f} s"
+        f"trial {number:>3}: {config.family:<11} w={config.width:.2f} d={config.depth:.2f} {method:<12}"
+        f"{' qat' if config.qat else ''} params {result['parameters']:>9,}  retention {result['retention']:.3f} "
+        f"(fp32 {result['retention_fp32']:.3f})  compression {result['compression']:6.1f}x  latency "
+        f"{result['latency_ms']:.2f} ms ({result['int8_speedup_vs_fp32']:.2f}x FP32)  {result['wall_seconds']:.0f} s{flags}"
     )
 
 
@@ -249,13 +274,13 @@ def _record_study_attributes(
     lock: Path,
 ) -> None:
     """Fix, before the first trial, what every later report needs: teacher figures and the reference point."""
-    example = data.test_x[: study.objectives.latency_batch_size]
+    # The teacher's FP32 latency on the students' runtime, measured the same way as theirs.
+    example = latency_example(data.test_x, study.objectives.latency_batch_size)
     teacher_latency = measure_latency(
-        teacher.model,
+        BACKENDS.get(study.quantization.backend).float_model(teacher.model, example),
         example,
         threads=study.objectives.latency_threads,
         min_run_time_s=study.objectives.latency_min_run_time_s,
-        runtime="torch eager (FP32)",
         lock_path=lock,
     )
     ref = study.objectives.reference_point
@@ -363,6 +388,7 @@ def run_one_trial(ctx: SearchContext, log: Callable[[str], None]) -> TrialState:
             ctx.teacher,
             on_epoch=_epoch_rule(ctx, config, history),
             latency_lock=ctx.latency_lock,
+            artifact_dir=trial_dir(ctx.run_dir, trial.number),
         )
     except TrialStopped as stop:
         trial.set_user_attr("stopped_at_epoch", stop.epoch)

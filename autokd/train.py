@@ -58,6 +58,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(1, len(x))
 
 
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits of ``model`` for every row of ``x`` (in eval mode)."""
+    model.eval()
+    return torch.cat([model(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+
+
 def _plugin_loss(entry: WeightedPlugin, inputs: DistillInputs) -> torch.Tensor:
     name = entry.plugin.name
     try:

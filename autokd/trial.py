@@ -5,6 +5,7 @@ No orchestrator is imported here: Optuna, Ray Tune and the tests all call :func:
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,11 +17,23 @@ from torch import nn
 from autokd.data import DataSplits
 from autokd.distill import PLUGINS, ModelInfo
 from autokd.features import feature_stage_indices
-from autokd.measure import Latency, measure_latency
-from autokd.quantize import BACKENDS, deployed_weight_bytes, quantize
+from autokd.measure import Latency, SharedCores, latency_example, measure_latency
+from autokd.quantize import (
+    AGREEMENT_THRESHOLD,
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DeployedModel,
+    calibration_batches,
+    predict,
+)
+from autokd.quantize.qat import copy_weights_back, prepare_qat
 from autokd.students import build_student, count_parameters
 from autokd.teacher_cache import TeacherOutputs
-from autokd.train import TrainSettings, WeightedPlugin, evaluate, train
+from autokd.train import TrainSettings, WeightedPlugin, evaluate, predict_logits, train
+
+# QAT fine-tunes a trained student: a tenth of the training learning rate keeps it near its optimum.
+QAT_LR_FACTOR = 0.1
+STUDENT_WEIGHTS = "student.pt"
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,10 @@ class TrialConfig:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     seed: int = 0
-    quantization_backend: str = "fx_x86"
+    quantization_backend: str = DEFAULT_BACKEND
     calibration_batches: int = 8
+    qat: bool = False  # quantization-aware training during the last ``qat_epochs`` of ``epochs``
+    qat_epochs: int = 1
     latency_batch_size: int = 1
     latency_threads: int = 1
     latency_min_run_time_s: float = 0.3
@@ -86,33 +101,28 @@ def build_plugins(
     return entries
 
 
-def quantize_student(student: nn.Module, config: TrialConfig, data: DataSplits) -> tuple[nn.Module, float]:
-    """INT8 model of ``student`` calibrated on the first training batches, and the seconds it took."""
+def quantize_student(
+    student: nn.Module, config: TrialConfig, data: DataSplits
+) -> tuple[DeployedModel, DeployedModel, float]:
+    """INT8 and FP32 models of ``student`` on its backend's runtime, calibrated on the first training
+    batches, and the seconds it took."""
     start = time.perf_counter()
-    calibration = [
-        data.train_x[i * config.batch_size : (i + 1) * config.batch_size]
-        for i in range(config.calibration_batches)
-    ]
-    int8_model = quantize(
-        student, [batch for batch in calibration if len(batch)], config.quantization_backend
+    calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
+    int8_model, fp32_model = BACKENDS.get(config.quantization_backend).quantize_with_fp32(
+        student, calibration
     )
-    return int8_model, time.perf_counter() - start
+    return int8_model, fp32_model, time.perf_counter() - start
 
 
 def measure_deployed_latency(
-    int8_model: nn.Module, config: TrialConfig, data: DataSplits, latency_lock: Path | None
+    model: DeployedModel, config: TrialConfig, data: DataSplits, latency_lock: Path | None
 ) -> Latency:
-    """Latency of the deployed model at the study's batch size and threads, on its backend's runtime."""
-    example = data.test_x[: config.latency_batch_size]
-    if len(example) < config.latency_batch_size:  # tiny test splits: repeat rows up to the asked batch
-        repeats = config.latency_batch_size // len(example) + 1
-        example = example.repeat(repeats, 1, 1, 1)[: config.latency_batch_size]
+    """Latency of a deployed model at the study's batch size and threads, on its backend's runtime."""
     return measure_latency(
-        int8_model,
-        example,
+        model,
+        latency_example(data.test_x, config.latency_batch_size),
         threads=config.latency_threads,
         min_run_time_s=config.latency_min_run_time_s,
-        runtime=BACKENDS.get(config.quantization_backend).runtime,
         lock_path=latency_lock,
     )
 
@@ -129,10 +139,11 @@ def measure_untrained(
     student = build_student(
         config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
     ).eval()
-    int8_model, _ = quantize_student(student, config, data)
+    calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
+    int8_model = BACKENDS.get(config.quantization_backend).quantize(student, calibration)
     latency = measure_deployed_latency(int8_model, config, data, latency_lock)
     return {
-        "compression": teacher.weight_bytes / deployed_weight_bytes(int8_model),
+        "compression": teacher.weight_bytes / int8_model.weight_bytes(),
         "latency_ms": latency.median_ms,
         "parameters": count_parameters(student),
     }
@@ -145,53 +156,99 @@ def run_trial(
     *,
     on_epoch: Callable[[int, float], None] | None = None,
     latency_lock: Path | None = None,
+    artifact_dir: Path | None = None,
 ) -> dict:
     """Train, quantize and measure one student; return every metric (see the objective definitions).
 
     ``on_epoch(epoch, val_accuracy)`` is called after every epoch; raising from it stops the trial.
+    With ``qat`` the last ``qat_epochs`` epochs train under fake quantization. ``latency_lock`` is the
+    file that keeps training off the cores while a latency is measured. ``artifact_dir``, when given,
+    receives the FP32 student's state dict (``student.pt``, what ``autokd export`` rebuilds from) and
+    the deployable INT8 artifact.
     """
     wall_start = time.perf_counter()
     torch.manual_seed(config.seed)
+    backend = BACKENDS.get(config.quantization_backend)
     student = build_student(
         config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
     )
     plugins = build_plugins(config, student, teacher.model, data.num_classes)
+    qat_epochs = config.qat_epochs if config.qat else 0
+    if qat_epochs >= config.epochs:
+        raise ValueError(f"qat_epochs ({qat_epochs}) must leave at least one FP32 epoch of {config.epochs}")
     val_history: list[float] = []
+    cores = SharedCores(latency_lock)
 
     def after_epoch(epoch: int, model: nn.Module) -> None:
         val_history.append(evaluate(model, data.val_x, data.val_y))
         if on_epoch is not None:
             on_epoch(epoch, val_history[-1])
+        cores.step_aside()
 
-    train(
-        student,
-        data.train_x,
-        data.train_y,
-        TrainSettings(config.epochs, config.batch_size, config.lr, config.weight_decay, config.seed),
-        plugins=plugins,
-        temperature=config.temperature,
-        teacher=teacher.outputs if plugins else None,
-        augmentation=teacher.outputs.augmentation,
-        on_epoch=after_epoch,
-    )
-    train_seconds = time.perf_counter() - wall_start
+    def settings(epochs: int, lr: float) -> TrainSettings:
+        return TrainSettings(epochs, config.batch_size, lr, config.weight_decay, config.seed)
 
-    int8_model, quant_seconds = quantize_student(student, config, data)
+    common = {
+        "plugins": plugins,
+        "temperature": config.temperature,
+        "teacher": teacher.outputs if plugins else None,
+        "augmentation": teacher.outputs.augmentation,
+    }
+    with cores:
+        train(
+            student,
+            data.train_x,
+            data.train_y,
+            settings(config.epochs - qat_epochs, config.lr),
+            on_epoch=after_epoch,
+            **common,
+        )
+        if qat_epochs:
+            # the stages the training loop asks for: every plugin's, in ascending order
+            indices = sorted(
+                {i for e in plugins for i in feature_stage_indices(student, e.plugin.needs_features)}
+            )
+            qat_student = prepare_qat(student, data.train_x[: config.batch_size], indices)
+            fp32_epochs = config.epochs - qat_epochs
+            train(
+                qat_student,
+                data.train_x,
+                data.train_y,
+                settings(qat_epochs, config.lr * QAT_LR_FACTOR),
+                on_epoch=lambda epoch, model: after_epoch(fp32_epochs + epoch, model),
+                **common,
+            )
+            copy_weights_back(qat_student, student)
+        train_seconds = time.perf_counter() - wall_start
 
-    eval_start = time.perf_counter()
-    fp32_accuracy = evaluate(student, data.test_x, data.test_y)
-    int8_accuracy = evaluate(int8_model, data.test_x, data.test_y)
-    with torch.no_grad():
-        probe = data.test_x[:1000]
-        agreement = float((student(probe).argmax(1) == int8_model(probe).argmax(1)).float().mean())
-    eval_seconds = time.perf_counter() - eval_start
+        int8_model, fp32_model, quant_seconds = quantize_student(student, config, data)
+
+        eval_start = time.perf_counter()
+        fp32_logits = predict_logits(student, data.test_x)
+        fp32_accuracy = float((fp32_logits.argmax(1) == data.test_y).float().mean())
+        int8_predictions = predict(int8_model, data.test_x).argmax(1)
+        int8_accuracy = float((int8_predictions == data.test_y).float().mean())
+        agreement = float((int8_predictions == fp32_logits.argmax(1)).float().mean())
+        eval_seconds = time.perf_counter() - eval_start
+
+        save_start = time.perf_counter()
+        artifact_bytes = None
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = artifact_dir if artifact_dir is not None else Path(tmp)
+            directory.mkdir(parents=True, exist_ok=True)
+            if artifact_dir is not None:
+                torch.save(student.state_dict(), directory / STUDENT_WEIGHTS)
+            if backend.artifact_format:
+                artifact_bytes = int8_model.save(directory / "int8").stat().st_size
+        quant_seconds += time.perf_counter() - save_start
 
     measure_start = time.perf_counter()
     latency = measure_deployed_latency(int8_model, config, data, latency_lock)
+    latency_fp32 = measure_deployed_latency(fp32_model, config, data, latency_lock)
     measure_seconds = time.perf_counter() - measure_start
 
     parameters = count_parameters(student)
-    weight_bytes = deployed_weight_bytes(int8_model)
+    weight_bytes = int8_model.weight_bytes()
     return {
         "retention": int8_accuracy / teacher.test_accuracy,
         "compression": teacher.weight_bytes / weight_bytes,
@@ -202,11 +259,21 @@ def run_trial(
         "int8_accuracy": int8_accuracy,
         "fp32_accuracy": fp32_accuracy,
         "int8_fp32_agreement": agreement,
+        "agreement_ok": agreement >= AGREEMENT_THRESHOLD,
+        "backend": backend.name,
+        "runtime": latency.runtime,
+        "qat": bool(qat_epochs),
+        "latency_fp32_ms": latency_fp32.median_ms,
+        "latency_fp32_iqr_ms": latency_fp32.iqr_ms,
+        "int8_speedup_vs_fp32": latency_fp32.median_ms / latency.median_ms,
+        "int8_slower_than_fp32": latency.median_ms > latency_fp32.median_ms,
         "parameters": parameters,
         "parameter_ratio": teacher.parameters / parameters,
         "weight_bytes": weight_bytes,
+        "artifact_bytes": artifact_bytes,
         "val_accuracy_per_epoch": val_history,
         "latency": latency.as_dict(),
+        "latency_fp32": latency_fp32.as_dict(),
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "quantize_seconds": quant_seconds,

@@ -111,3 +111,27 @@ def test_cli_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "unknown field 'bogus'" in result.stderr
+
+
+def test_qat_accepts_a_choice_and_lists_it_without_duplicates():
+    study = parse_study({"name": "q", "budget": {"epochs": 3}, "quantization": {"qat": [True, False, True]}})
+    assert study.quantization.qat_choices == [False, True]
+
+
+@pytest.mark.parametrize("value", ["maybe", [], [False, 1]])
+def test_qat_rejects_anything_but_booleans_in_one_line(value):
+    with pytest.raises(StudyFileError, match=r"field 'quantization.qat' = .*: use true, false, or a list"):
+        parse_study({"name": "q", "quantization": {"qat": value}})
+
+
+def test_qat_must_leave_at_least_one_fp32_epoch():
+    with pytest.raises(
+        StudyFileError, match=r"field 'quantization.qat_epochs' = 3: must be below budget.epochs \(3\)"
+    ):
+        parse_study(
+            {"name": "q", "budget": {"epochs": 3}, "quantization": {"qat": [False, True], "qat_epochs": 3}}
+        )
+
+
+def test_the_default_backend_is_onnx_runtime():
+    assert parse_study({"name": "q"}).quantization.backend == "onnxruntime"

@@ -1,52 +1,176 @@
-"""INT8 quantization: size accounting by hand and a quantized model that still agrees with FP32."""
+"""INT8 backends: size accounting by hand, every family on every backend that claims it, agreement with FP32."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from autokd.quantize import deployed_weight_bytes, fp32_weight_bytes, quantize
+from autokd.config import StudyFileError, parse_study
+from autokd.data import load_splits
+from autokd.quantize import (
+    AGREEMENT_THRESHOLD,
+    BACKENDS,
+    QuantizationError,
+    calibration_batches,
+    fp32_weight_bytes,
+    predict,
+    quantize,
+)
+from autokd.search import validate_against_registries
+from autokd.students import FAMILIES, build_student
+from autokd.train import TrainSettings, train
+
+BACKEND_NAMES = ["onnxruntime", "pt2e_x86"]
+# The torch-native backend compiles a graph per batch shape (seconds each): its tests are slow.
+BACKEND_PARAMS = [pytest.param("onnxruntime"), pytest.param("pt2e_x86", marks=pytest.mark.slow)]
+# (family, backend) pairs the backend claims; the others are rejected at load time (tested below).
+CLAIMED = [
+    (family, backend)
+    for backend in BACKEND_NAMES
+    for family in FAMILIES.names()
+    if family not in BACKENDS.get(backend).unsupported_families
+]
 
 
 class Tiny(nn.Module):
+    """Conv(1→4, 3×3) + BN + ReLU, global pool, Linear(4→3): small enough to count by hand."""
+
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3)  # 36 weights, 4 biases
+        self.bn = nn.BatchNorm2d(4)  # folded into the convolution when deployed
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4, 3)  # 12 weights, 3 biases
 
     def forward(self, x):
-        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+        return self.fc(self.pool(self.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+def _tiny_int8(backend: str):
+    torch.manual_seed(0)
+    return quantize(Tiny().eval(), [torch.randn(8, 1, 8, 8) for _ in range(2)], backend)
 
 
 def test_fp32_bytes_count_four_bytes_per_parameter():
-    assert fp32_weight_bytes(Tiny()) == 4 * (36 + 4 + 12 + 3)
+    assert fp32_weight_bytes(Tiny()) == 4 * (36 + 4 + 8 + 12 + 3)
 
 
-def test_deployed_bytes_count_int8_weights_per_channel_params_and_fp32_bias():
-    torch.manual_seed(0)
-    int8 = quantize(Tiny().eval(), [torch.randn(8, 1, 8, 8) for _ in range(2)])
-    conv = 36 * 1 + 4 * (4 + 4) + 4 * 4  # int8 weights, per-channel scale+zero point, fp32 bias
-    fc = 12 * 1 + 3 * (4 + 4) + 3 * 4
-    activation_scales = (
-        4 + 4
-    )  # the graph keeps two FP32 activation scales (its int64 zero points are not weights)
-    assert deployed_weight_bytes(int8) == conv + fc + activation_scales
+def test_onnxruntime_weight_bytes_counted_by_hand():
+    # Per quantized layer: s8 weights, FP32 scale + s8 zero point per output channel, and the bias as
+    # int32 with an FP32 scale and an int32 zero point per channel (its DequantizeLinear's inputs).
+    conv = 36 * 1 + 4 * (4 + 1) + 4 * (4 + 4 + 4)
+    fc = 12 * 1 + 3 * (4 + 1) + 3 * (4 + 4 + 4)
+    # One FP32 scale and one u8 zero point per quantized activation: input, ReLU output, pool output
+    # (flatten reuses the pool's); the logits stay FP32.
+    activations = 3 * (4 + 1)
+    assert _tiny_int8("onnxruntime").weight_bytes() == conv + fc + activations == 182
 
 
-def test_quantized_model_tracks_fp32_outputs():
-    torch.manual_seed(0)
-    model = Tiny().eval()
-    x = torch.randn(64, 1, 8, 8)
-    int8 = quantize(model, [x[:32], x[32:]])
-    with torch.no_grad():
-        error = (int8(x) - model(x)).abs().max() / model(x).abs().max()
-    assert error < 0.1
+@pytest.mark.slow
+def test_pt2e_weight_bytes_counted_by_hand():
+    # Per quantized layer: s8 weights, FP32 scale and int64 zero point per output channel, FP32 bias
+    # (the folded BatchNorm's); activation scales are constants baked into the graph.
+    conv = 36 * 1 + 4 * (4 + 8) + 4 * 4
+    fc = 12 * 1 + 3 * (4 + 8) + 3 * 4
+    assert _tiny_int8("pt2e_x86").weight_bytes() == conv + fc == 160
 
 
-def test_quantize_leaves_the_float_model_untouched():
+@pytest.mark.slow
+def test_pt2e_graph_keeps_no_fp32_copy_of_quantized_weights():
+    graph = _tiny_int8("pt2e_x86").graph
+    float_tensors = [
+        name for name, t in graph.state_dict().items() if t.is_floating_point() and t.numel() > 4
+    ]
+    assert float_tensors == []  # only scales and biases (4 or fewer elements here) remain in FP32
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_quantize_leaves_the_float_model_untouched(backend):
     model = Tiny().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    quantize(model, [torch.randn(4, 1, 8, 8)])
+    quantize(model, [torch.randn(4, 1, 8, 8)], backend)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_quantize_without_calibration_data_is_an_error():
+    with pytest.raises(QuantizationError, match="calibration"):
+        quantize(Tiny().eval(), [torch.empty(0, 1, 8, 8)])
+
+
+def test_a_study_pairing_a_family_with_a_backend_that_does_not_support_it_is_rejected():
+    backend = BACKENDS.get("onnxruntime")
+    if not backend.unsupported_families:
+        pytest.skip("onnxruntime supports every family")
+    family = sorted(backend.unsupported_families)[0]
+    # methods: none, so that the check does not depend on built-in plugins being loaded yet
+    study = parse_study({"name": "s", "search_space": {"families": ["resnet", family], "methods": ["none"]}})
+    with pytest.raises(StudyFileError, match=rf"families.1' = '{family}': not supported by .*onnxruntime"):
+        validate_against_registries(study)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_splits("digits", image_size=32)
+
+
+@pytest.fixture(scope="module")
+def deployed(digits):
+    """``deployed(family, backend)``: a digits-trained student, its INT8 and FP32 models (built once)."""
+    students, models = {}, {}
+
+    def build(family: str, backend: str):
+        if family not in students:
+            torch.manual_seed(0)
+            student = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1)
+            train(student, digits.train_x, digits.train_y, TrainSettings(epochs=4, batch_size=64, lr=3e-3))
+            students[family] = student.eval()
+        if (family, backend) not in models:
+            calibration = calibration_batches(digits.train_x, 64, 8)
+            models[family, backend] = BACKENDS.get(backend).quantize_with_fp32(students[family], calibration)
+        return (students[family], *models[family, backend])
+
+    return build
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "backend"), CLAIMED)
+def test_every_family_quantizes_and_runs_on_each_backend_that_claims_it(family, backend, deployed, digits):
+    student, int8, fp32 = deployed(family, backend)
+    assert (int8.precision, fp32.precision) == ("int8", "fp32")
+    for model in (int8, fp32):
+        logits = predict(model, digits.test_x[:8])
+        assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+    assert int8.weight_bytes() < fp32_weight_bytes(student) / 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "backend"), CLAIMED)
+def test_int8_agrees_with_fp32_on_trained_digits_students(family, backend, deployed, digits):
+    student, int8, _ = deployed(family, backend)
+    with torch.no_grad():
+        fp32_predictions = student(digits.test_x).argmax(1)
+    assert (fp32_predictions == digits.test_y).float().mean() > 0.85, "the student should have learnt digits"
+    agreement = float((predict(int8, digits.test_x).argmax(1) == fp32_predictions).float().mean())
+    assert agreement >= AGREEMENT_THRESHOLD
+
+
+@pytest.mark.slow
+def test_onnx_export_falls_back_to_the_torch_export_exporter_when_the_legacy_one_is_gone(monkeypatch):
+    from autokd.quantize import ort
+
+    real_export = torch.onnx.export
+
+    def without_legacy(*args, **kwargs):
+        if kwargs.get("dynamo") is False:
+            raise RuntimeError("the TorchScript-based exporter was removed")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", without_legacy)
+    model, images = Tiny().eval(), torch.randn(6, 1, 8, 8)
+    model_bytes, exporter = ort.export_onnx(model, images)
+    assert exporter == "torch.export"
+    with torch.no_grad():
+        expected = model(images)
+    assert torch.allclose(predict(ort.OnnxRuntimeModel(model_bytes, "fp32"), images), expected, atol=1e-5)

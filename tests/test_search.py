@@ -14,7 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autokd.config import parse_study
-from autokd.search import JOURNAL, journal_storage, run_search
+from autokd.search import JOURNAL, journal_storage, run_search, sample_config, trial_dir
+from autokd.trial import STUDENT_WEIGHTS
 from tests.conftest import write_study
 
 RAISING_PLUGIN = '''
@@ -57,8 +58,18 @@ def test_completed_trials_store_objectives_and_settings(tiny_study, shared_runs)
         "wall_seconds",
         "compression",
         "parameter_ratio",
+        "latency_fp32_ms",
+        "int8_speedup_vs_fp32",
+        "int8_fp32_agreement",
+        "artifact_bytes",
     ):
         assert key in trial.user_attrs
+    assert (trial.user_attrs["backend"], trial.user_attrs["runtime"]) == ("onnxruntime", "onnxruntime")
+    assert (
+        trial.user_attrs["latency"]["runtime_version"]
+        and trial.user_attrs["latency_fp32"]["precision"] == "fp32"
+    )
+    assert (trial_dir(outcome.run_dir, trial.number) / STUDENT_WEIGHTS).exists()
 
 
 @pytest.mark.usefixtures("clean_registry")
@@ -229,3 +240,25 @@ def test_prescreen_trains_a_student_nobody_dominates(tiny_study, shared_runs):
     ctx = prepare_search(parse_study(tiny_study), runs_root=shared_runs, log=lambda _: None)
     _add_completed(ctx, [0.99, 1.0, 1e6], [0.9])  # huge and slow: dominates nothing
     assert run_one_trial(ctx, log=lambda _: None) == TrialState.COMPLETE
+
+
+def test_qat_is_a_searchable_choice(tiny_study):
+    tiny_study["quantization"].update(qat=[False, True], qat_epochs=1)
+    tiny_study["budget"]["epochs"] = 2
+    study = parse_study(tiny_study)
+    fixed = {"family": "resnet", "width": 0.2, "depth": 0.5, "method": "hinton_kd"}
+    fixed.update(temperature=2.0, loss_weight=1.0)
+    configs = [sample_config(optuna.trial.FixedTrial({**fixed, "qat": qat}), study) for qat in (False, True)]
+    assert [c.qat for c in configs] == [False, True] and configs[1].qat_epochs == 1
+
+
+@pytest.mark.slow
+def test_a_qat_trial_trains_its_last_epoch_quantization_aware(tiny_study, shared_runs):
+    tiny_study["name"] = "qat"
+    tiny_study["budget"].update(trials=1, epochs=2)
+    tiny_study["quantization"].update(qat=True, qat_epochs=1)
+    outcome = run_search(parse_study(tiny_study), runs_root=shared_runs, log=lambda _: None, progress=False)
+    trial = trials_of(outcome.run_dir, "qat")[0]
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["qat"] is True
+    assert len(trial.user_attrs["val_accuracy_per_epoch"]) == 2
+    assert trial.user_attrs["retention_fp32"] > 0.5

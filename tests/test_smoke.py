@@ -54,6 +54,8 @@ def test_summary_has_teacher_hypervolume_and_definitions(smoke_run):
         "compression ratio",
         "latency",
         "## Pareto front",
+        "## INT8 deployment",
+        "runtime: onnxruntime",
     ):
         assert needle in summary
 

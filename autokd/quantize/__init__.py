@@ -1,79 +1,209 @@
-"""INT8 post-training quantization behind a small backend interface; the one module that owns it.
+"""INT8 quantization behind a small backend interface; the one module that owns it.
 
-A backend turns a trained FP32 model plus calibration batches into a deployable INT8 model that runs
-on a named runtime. Backends register themselves in :data:`BACKENDS`.
+A backend turns a trained FP32 student plus calibration batches into a :class:`DeployedModel`: the
+INT8 model as it runs on a named runtime, callable on image tensors, timeable, sizeable and savable
+as a deployable artifact. The same backend also gives the FP32 model on that runtime, so that speed-ups
+are always INT8 against FP32 on the same runtime (and the teacher's latency is measured the same way).
+
+Backends, chosen on measurements with torch 2.14.1, torchao 0.18 and onnxruntime 1.32 on this
+workplace's CPU (one thread, Fashion-MNIST students of width 0.25 and depth 0.5 at 32×32; the numbers
+and the command that measures them are in ``docs/quantization.md`` and ``benchmarks/quantization.py``):
+
+- ``onnxruntime`` (the default): ONNX export, then ONNX Runtime's static QDQ quantization with u8
+  activations and s8 per-channel weights, BatchNorm folded at export and Conv-ReLU fused by the
+  quantizer. Cheap per trial (export 0.1 s, quantization 0.1-0.6 s) and the fastest runtime at batch 1
+  by an order of magnitude (its FP32 already runs these students in 0.04-0.17 ms against 0.8-2.6 ms for
+  torch eager); on students this small INT8 adds little on top of that, or costs time (ConvNeXt), which
+  the report says trial by trial.
+- ``pt2e_x86``: the torch-native path that survives the removal of torch.ao's eager and FX APIs:
+  torchao's PT2E (``prepare_pt2e``/``convert_pt2e`` with ``X86InductorQuantizer``), run through
+  ``torch.compile`` with inductor freezing, which lowers the Q/DQ graph to oneDNN INT8 kernels (ResNet
+  1.6-2.0× faster than the same student compiled in FP32 at batch 64, 3.8-14× faster than FP32 eager).
+  Uncompiled, or lowered without codegen by torchao's ``lower_pt2e_quantized_to_x86``, the graph is
+  slower than FP32 at batch 1, so the compiled graph is what is deployed and timed. Quantized
+  convolutions do not compile with a dynamic batch, so every batch shape is a cold compile of 2-22 s,
+  and a trial needs three (evaluation chunk, INT8 and FP32 at the latency batch size): an opt-in for
+  studies that deploy on torch, not the search default.
+
+torch.ao's FX graph mode (the skeleton's ``fx_x86``) is gone: deprecated in torch 2.14 and scheduled for
+removal, without an artifact format, and its x86 config quantizes activations to 7 bits, which cost it
+the agreement bar on ResNet (0.965), although it was the one torch eager path with an INT8 speed-up.
+
+A backend lists the families it does not quantize correctly (top-1 agreement with FP32 below 0.98 on
+trained students in the benchmark); a study that pairs such a family with that backend is rejected
+when it is loaded, and every trial records its own agreement so the report flags any that falls short.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import contextlib
+import copy
+import logging
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from autokd.registry import Registry
 
+AGREEMENT_THRESHOLD = 0.98
+
+
+class QuantizationError(RuntimeError):
+    """A backend could not quantize, run, save or load a model; the message names what and why."""
+
+
+class DeployedModel(ABC):
+    """A model as it runs on its runtime: logits for a batch of images, timeable, sizeable, savable."""
+
+    backend: str
+    runtime: str
+    runtime_version: str
+    precision: str  # "int8" or "fp32"
+
+    @abstractmethod
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (FP32 tensor) for a batch of images of any size."""
+
+    @abstractmethod
+    def timing_call(self, example: torch.Tensor, threads: int) -> Callable[[], object]:
+        """A zero-argument function running one forward pass of ``example`` on ``threads`` threads.
+
+        Everything that is not inference (conversion of the input, session or graph creation, a
+        compilation) happens before it is returned, so that only the forward pass is timed.
+        """
+
+    @abstractmethod
+    def weight_bytes(self) -> int:
+        """Bytes of the weights as deployed, from element counts and bit-widths (not file sizes)."""
+
+    def save(self, path: Path) -> Path:
+        """Write the deployable artifact to ``path`` (suffix given by the backend) and return it."""
+        raise QuantizationError(f"backend '{self.backend}' has no artifact format; export with onnx or pt2")
+
 
 @dataclass(frozen=True)
-class QuantizationBackend:
-    """``quantize(model, calibration_batches) -> int8 model`` plus the runtime its output runs on."""
+class QuantizationBackend(ABC):
+    """``quantize(model, calibration) -> DeployedModel`` plus the FP32 model on the same runtime."""
 
     name: str
     runtime: str
-    quantize: Callable[[nn.Module, Iterable[torch.Tensor]], nn.Module]
+    artifact_format: str | None = None  # what ``autokd export --format`` calls it; None: no artifact
+    unsupported_families: dict[str, str] = field(default_factory=dict)  # family -> why
+
+    @abstractmethod
+    def quantize(self, model: nn.Module, calibration: Sequence[torch.Tensor]) -> DeployedModel:
+        """Static INT8 model of ``model`` (left untouched) calibrated on the given image batches."""
+
+    @abstractmethod
+    def float_model(self, model: nn.Module, example: torch.Tensor) -> DeployedModel:
+        """``model`` in FP32 on this backend's runtime (for speed-ups against the same runtime)."""
+
+    def quantize_with_fp32(
+        self, model: nn.Module, calibration: Sequence[torch.Tensor]
+    ) -> tuple[DeployedModel, DeployedModel]:
+        """The INT8 model and the FP32 model on the same runtime (backends may share work between them)."""
+        return self.quantize(model, calibration), self.float_model(model, calibration[0])
+
+    def load(self, path: Path) -> DeployedModel:
+        """Load an artifact this backend saved."""
+        raise QuantizationError(f"backend '{self.name}' has no artifact format")
 
 
 BACKENDS: Registry[QuantizationBackend] = Registry("quantization backend")
+DEFAULT_BACKEND = "onnxruntime"
 
 
 def register_backend(backend: QuantizationBackend) -> QuantizationBackend:
     """Add ``backend`` to the registry under its name."""
-    return BACKENDS.register(backend.name)(backend)
+    return BACKENDS.register(backend.name, origin=type(backend).__module__)(backend)
 
 
-def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], backend: str = "fx_x86") -> nn.Module:
+def quantize(
+    model: nn.Module, calibration: Sequence[torch.Tensor], backend: str = DEFAULT_BACKEND
+) -> DeployedModel:
     """Quantize ``model`` (left untouched) to INT8 with ``backend``, calibrating on ``calibration``."""
-    return BACKENDS.get(backend).quantize(model, calibration)
+    batches = [batch for batch in calibration if len(batch)]
+    if not batches:
+        raise QuantizationError("quantization needs at least one non-empty calibration batch")
+    return BACKENDS.get(backend).quantize(model, batches)
 
 
-def _is_quantized_module(module: nn.Module) -> bool:
-    # torch.ao's quantized layers expose weight() as a method returning a quantized tensor.
-    weight = getattr(module, "weight", None)
-    return callable(weight) and not isinstance(weight, nn.Module) and weight().is_quantized
+def backend_for_format(artifact_format: str) -> QuantizationBackend:
+    """The backend whose artifacts have the given format (``onnx``, ``pt2``)."""
+    for name in BACKENDS:
+        backend = BACKENDS.get(name)
+        if backend.artifact_format == artifact_format:
+            return backend
+    formats = sorted(f for f in (BACKENDS.get(n).artifact_format for n in BACKENDS) if f)
+    raise QuantizationError(f"unknown artifact format '{artifact_format}'; allowed: {', '.join(formats)}")
 
 
-def deployed_weight_bytes(model: nn.Module) -> int:
-    """Bytes of the weights as deployed, from element counts and bit-widths (never from file sizes).
+def calibration_batches(images: torch.Tensor, batch_size: int, count: int) -> list[torch.Tensor]:
+    """The first ``count`` batches of ``images`` (the training split, already shuffled by the loader)."""
+    batches = [images[i * batch_size : (i + 1) * batch_size] for i in range(count)]
+    return [batch for batch in batches if len(batch)]
 
-    Quantized layers count their INT8 weights (1 byte each), their per-channel scales and zero points
-    (4 bytes each) and their FP32 bias; every other parameter or floating-point buffer (layers left in
-    FP32, normalisation statistics) counts 4 bytes per element at its own dtype's width.
-    """
-    total = 0
-    for module in model.modules():
-        if _is_quantized_module(module):
-            weight = module.weight()
-            total += weight.numel() * weight.element_size()
-            if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-                total += (
-                    weight.q_per_channel_scales().numel() * 4 + weight.q_per_channel_zero_points().numel() * 4
-                )
-            else:
-                total += 8
-            bias = module.bias() if callable(getattr(module, "bias", None)) else None
-            if bias is not None:
-                total += bias.numel() * bias.element_size()
-            continue
-        for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
-            if tensor.is_floating_point():
-                total += tensor.numel() * tensor.element_size()
-    return total
+
+@torch.no_grad()
+def predict(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 256):
+    """Logits of a deployed model (or any callable) for every row of ``images``."""
+    return torch.cat([model(images[s : s + batch_size]) for s in range(0, len(images), batch_size)])
+
+
+def top1(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of a deployed model on (images, labels)."""
+    return float((predict(model, images).argmax(1) == labels).float().mean()) if len(labels) else 0.0
+
+
+# Loggers that report library internals a user cannot act on (ORT's quantizer logs through the root
+# logger; torch warns about CUDA and pytree registrations when onnxruntime.quantization or torchao load).
+_NOISY_LOGGERS = (
+    "",
+    "torch.utils._pytree",
+    "torch.utils.cpp_extension",
+    "torch._export",
+    "torch.export",
+    "torch._dynamo",
+    "torch._inductor",
+    "torch.onnx",
+    "torchao",
+)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence warnings and library logging below errors around quantization, export and compilation."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def eval_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode (backends never touch the caller's model)."""
+    return copy.deepcopy(model).eval()
 
 
 def fp32_weight_bytes(model: nn.Module) -> int:
     """Bytes of an FP32 model's parameters (4 per element)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    return tensor_bytes(list(model.parameters()))
 
 
-from autokd.quantize import fx_x86  # noqa: E402,F401
+def tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Bytes of ``tensors`` at their own dtypes' widths, counted from element counts."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+from autokd.quantize import ort, pt2e_x86  # noqa: E402,F401

@@ -1,0 +1,227 @@
+"""A trial's INT8 student as a deployable artifact with a model card; loading and running it again.
+
+``export_trial`` rebuilds the student from what the study stored (the trial's config and its FP32
+weights in ``trials/<number>/student.pt``), quantizes it with the same backend and the same calibration
+batches as the trial did, writes the artifact (``model.onnx`` for ONNX Runtime, ``model.pt2`` for the
+torch-native backend) and ``model_card.json``, then loads the written artifact back, runs it on the
+test split and records its accuracy next to the one the study recorded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from autokd.config import Study, parse_study
+from autokd.data import DataSplits, load_splits
+from autokd.measure import cpu_model
+from autokd.quantize import (
+    BACKENDS,
+    DeployedModel,
+    backend_for_format,
+    calibration_batches,
+    top1,
+)
+from autokd.search import JOURNAL, journal_storage, trial_dir
+from autokd.students import build_student, count_parameters
+from autokd.trial import STUDENT_WEIGHTS, TrialConfig
+
+MODEL_CARD = "model_card.json"
+EXPORTS_DIR = "exports"
+SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+RECORDED_METRICS = (
+    "retention",
+    "retention_fp32",
+    "compression",
+    "parameter_ratio",
+    "weight_bytes",
+    "artifact_bytes",
+    "int8_accuracy",
+    "fp32_accuracy",
+    "int8_fp32_agreement",
+    "latency_ms",
+    "latency_iqr_ms",
+    "latency_fp32_ms",
+    "int8_speedup_vs_fp32",
+    "latency",
+    "latency_fp32",
+)
+
+
+class ExportError(RuntimeError):
+    """The trial cannot be exported or the artifact cannot be loaded; the message says why."""
+
+
+@dataclass(frozen=True)
+class Export:
+    """What an export wrote: its folder, the artifact, the model card, and the artifact's test accuracy."""
+
+    directory: Path
+    artifact: Path
+    card: dict
+    accuracy: float
+
+
+def _study(run_dir: Path) -> optuna.Study:
+    if not (run_dir / JOURNAL).exists():
+        raise ExportError(f"{run_dir} holds no study ({JOURNAL} not found)")
+    storage = journal_storage(run_dir)
+    names = optuna.get_all_study_names(storage)
+    if not names:
+        raise ExportError(f"{run_dir / JOURNAL} holds no study")
+    name = run_dir.name if run_dir.name in names else names[0]
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def study_data(study: Study) -> DataSplits:
+    """The study's splits, loaded and normalised exactly as the search loaded them."""
+    d = study.data
+    return load_splits(
+        d.dataset,
+        data_dir=d.data_dir,
+        download=d.download,
+        train_subsample=d.train_subsample,
+        val_fraction=d.val_fraction,
+        image_size=d.image_size,
+        seed=study.seed,
+    )
+
+
+def trial_config(attrs: dict) -> TrialConfig:
+    """The TrialConfig a trial stored as its ``config`` user attribute."""
+    stored = dict(attrs)
+    stored["methods"] = tuple(stored.get("methods", ()))
+    return TrialConfig(**stored)
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for package in ("autokd", "torch", "torchao", "onnxruntime", "onnx", "timm"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def export_trial(
+    run_dir: Path, number: int, *, artifact_format: str | None = None, out: Path | None = None
+) -> Export:
+    """Export completed trial ``number`` of the study in ``run_dir`` (see the module docstring)."""
+    run_dir = Path(run_dir)
+    optuna_study = _study(run_dir)
+    trials = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise ExportError(
+            f"study '{optuna_study.study_name}' has no trial {number} (it has 0-{len(trials) - 1})"
+        )
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise ExportError(f"trial {number} is {trial.state.name}, not COMPLETE: there is nothing to export")
+    weights = trial_dir(run_dir, number) / STUDENT_WEIGHTS
+    if not weights.exists():
+        raise ExportError(f"trial {number} kept no student weights ({weights} not found)")
+    study = parse_study(optuna_study.user_attrs["study"], f"{run_dir} (stored study)")
+    config = trial_config(trial.user_attrs["config"])
+    backend = BACKENDS.get(config.quantization_backend)
+    if artifact_format is not None:
+        backend = backend_for_format(artifact_format)
+    if backend.artifact_format is None:
+        raise ExportError(f"backend '{backend.name}' has no artifact format")
+
+    data = study_data(study)
+    student = build_student(
+        config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
+    )
+    student.load_state_dict(torch.load(weights, weights_only=True))
+    student.eval()
+    calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
+    int8 = backend.quantize(student, calibration)
+
+    directory = Path(out) if out is not None else run_dir / EXPORTS_DIR / f"trial-{number}"
+    artifact = int8.save(directory / "model")
+    deployed = load(artifact)
+    accuracy = top1(deployed, data.test_x, data.test_y)
+    attrs = trial.user_attrs
+    card = {
+        "artifact": artifact.name,
+        "format": backend.artifact_format,
+        "backend": backend.name,
+        "runtime": deployed.runtime,
+        "runtime_version": deployed.runtime_version,
+        "same_backend_as_study": backend.name == config.quantization_backend,
+        "input": {
+            "shape": ["batch", data.in_chans, data.image_size, data.image_size],
+            "dtype": "float32",
+            "preprocessing": "autokd.data.load_splits with the data settings below (pixels scaled to [0, 1], "
+            "normalised by the training split's mean and std, resized bilinearly)",
+        },
+        "output": {"logits": data.num_classes},
+        "study": optuna_study.study_name,
+        "trial": number,
+        "student": {
+            "family": config.family,
+            "width": config.width,
+            "depth": config.depth,
+            "parameters": count_parameters(student),
+            "weight_bytes_int8": int8.weight_bytes(),
+            "artifact_bytes": artifact.stat().st_size,
+        },
+        "settings": attrs.get("config", {}),
+        "teacher": {k: v for k, v in optuna_study.user_attrs.get("teacher", {}).items()},
+        "data": {
+            **study.data.model_dump(),
+            "seed": study.seed,
+            "splits": optuna_study.user_attrs.get("data", {}),
+        },
+        "metrics": {
+            "test_accuracy_of_artifact": accuracy,
+            "recorded_by_study": {key: attrs.get(key) for key in RECORDED_METRICS if key in attrs},
+        },
+        "versions": _versions(),
+        "cpu": cpu_model(),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (directory / MODEL_CARD).write_text(json.dumps(card, indent=2))
+    return Export(directory=directory, artifact=artifact, card=card, accuracy=accuracy)
+
+
+def load(path: str | Path) -> DeployedModel:
+    """An exported INT8 student, ready to run: ``load(path)(images) -> logits``.
+
+    ``path`` is an export folder (holding ``model_card.json``) or the artifact file itself
+    (``.onnx`` runs on ONNX Runtime, ``.pt2`` on torch with inductor).
+    """
+    path = Path(path)
+    if path.is_dir():
+        card_path = path / MODEL_CARD
+        if not card_path.exists():
+            raise ExportError(f"{path} is not an export folder ({MODEL_CARD} not found)")
+        path = path / json.loads(card_path.read_text())["artifact"]
+    if not path.exists():
+        raise ExportError(f"{path} not found")
+    if path.suffix not in SUFFIXES:
+        raise ExportError(f"{path}: unknown artifact type '{path.suffix}'; allowed: {', '.join(SUFFIXES)}")
+    return backend_for_format(SUFFIXES[path.suffix]).load(path)
+
+
+def evaluate_export(directory: str | Path, split: str = "test") -> tuple[float, dict]:
+    """Top-1 accuracy of an exported student on its study's ``split`` (``test`` or ``val``), with its card."""
+    directory = Path(directory)
+    card_path = directory / MODEL_CARD
+    if not card_path.exists():
+        raise ExportError(f"{directory} is not an export folder ({MODEL_CARD} not found)")
+    card = json.loads(card_path.read_text())
+    data_settings = {k: v for k, v in card["data"].items() if k not in ("seed", "splits")}
+    study = parse_study({"name": card["study"], "seed": card["data"]["seed"], "data": data_settings})
+    data = study_data(study)
+    images, labels = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
+    return top1(load(directory), images, labels), card

@@ -1,0 +1,40 @@
+"""A torch module run as is in torch eager mode: the FP32 reference that latency of plain modules uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from autokd.quantize import DeployedModel, tensor_bytes
+
+
+class TorchEagerModel(DeployedModel):
+    """An FP32 ``nn.Module`` called in torch eager mode."""
+
+    runtime = "torch-eager"
+
+    def __init__(self, module: nn.Module, precision: str, backend: str = "torch-eager") -> None:
+        self.module = module.eval()
+        self.precision = precision
+        self.backend = backend
+        self.runtime_version = torch.__version__
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images)
+
+    def timing_call(self, example: torch.Tensor, threads: int) -> Callable[[], object]:
+        module = self.module
+
+        def forward() -> object:
+            with torch.inference_mode():
+                return module(example)
+
+        return forward
+
+    def weight_bytes(self) -> int:
+        """Parameters and floating-point buffers at their dtypes' widths."""
+        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
+        return tensor_bytes(list(self.module.parameters()) + buffers)

@@ -1,0 +1,77 @@
+"""Export round trip: the artifact, run by its runtime on the test split, reproduces the study's INT8 accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+import autokd
+from autokd.cli import main
+from autokd.config import parse_study
+from autokd.export import MODEL_CARD, ExportError, evaluate_export, export_trial, study_data
+from autokd.quantize import top1
+from autokd.search import journal_storage, run_search, trial_dir
+from autokd.trial import STUDENT_WEIGHTS
+
+
+def _one_trial_study(tiny_study: dict, name: str, backend: str) -> dict:
+    tiny_study["name"] = name
+    tiny_study["search_space"]["families"] = ["resnet"]
+    tiny_study["budget"]["trials"] = 1
+    tiny_study["quantization"]["backend"] = backend
+    return tiny_study
+
+
+def _completed_trial(tiny_study, shared_runs, name: str, backend: str):
+    study = parse_study(_one_trial_study(tiny_study, name, backend))
+    outcome = run_search(study, runs_root=shared_runs, log=lambda _: None, progress=False)
+    assert outcome.completed == 1
+    trial = optuna.load_study(study_name=name, storage=journal_storage(outcome.run_dir)).trials[0]
+    return outcome.run_dir, trial
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("backend", "suffix"),
+    [("onnxruntime", ".onnx"), ("pt2e_x86", ".pt2")],
+)
+def test_exported_artifact_reproduces_the_int8_accuracy_the_study_recorded(
+    backend, suffix, tiny_study, shared_runs, tmp_path, capsys
+):
+    run_dir, trial = _completed_trial(tiny_study, shared_runs, f"export-{backend.replace('_', '-')}", backend)
+    assert (trial_dir(run_dir, 0) / STUDENT_WEIGHTS).exists()
+    out = tmp_path / "export"
+    assert main(["export", str(run_dir), "--trial", "0", "--out", str(out)]) == 0
+    card = json.loads((out / MODEL_CARD).read_text())
+    assert (
+        card["artifact"] == "model" + suffix and card["backend"] == backend and card["same_backend_as_study"]
+    )
+    for section in ("metrics", "settings", "teacher", "data", "versions", "runtime", "runtime_version"):
+        assert card[section]
+    recorded = trial.user_attrs["int8_accuracy"]
+    assert card["metrics"]["recorded_by_study"]["int8_accuracy"] == recorded
+
+    # The artifact alone, loaded by the public API and run on the study's test split.
+    data = study_data(parse_study(tiny_study))
+    accuracy = top1(autokd.load(out), data.test_x, data.test_y)
+    assert accuracy == pytest.approx(recorded, abs=0.001)
+    assert evaluate_export(out)[0] == pytest.approx(accuracy)
+    capsys.readouterr()
+    assert main(["predict", str(out)]) == 0
+    assert f"test top-1 {accuracy:.4f}" in capsys.readouterr().out
+
+
+def test_exporting_a_trial_the_study_does_not_have_exits_2(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nothing"), "--trial", "3"]) == 2
+    assert "holds no study" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_defaults_to_the_run_folder_and_rejects_missing_trials(tiny_study, shared_runs):
+    run_dir, _ = _completed_trial(tiny_study, shared_runs, "export-default", "onnxruntime")
+    result = export_trial(run_dir, 0)
+    assert result.directory == run_dir / "exports" / "trial-0" and result.artifact.exists()
+    with pytest.raises(ExportError, match="no trial 7"):
+        export_trial(run_dir, 7)

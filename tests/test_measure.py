@@ -1,0 +1,74 @@
+"""Latency: what a record holds, and the lock that keeps training off the cores while one is measured."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+from torch import nn
+
+from autokd.measure import SharedCores, exclusive, latency_example, measure_latency
+from autokd.quantize import quantize
+
+
+def test_latency_records_runtime_precision_conditions_and_enough_repeats():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    example = torch.randn(2, 1, 8, 8)
+    int8 = quantize(model, [torch.randn(8, 1, 8, 8)], "onnxruntime")
+    latency = measure_latency(int8, example, threads=1, min_run_time_s=0.01, min_repeats=12)
+    assert (latency.runtime, latency.precision, latency.batch_size, latency.threads) == (
+        "onnxruntime",
+        "int8",
+        2,
+        1,
+    )
+    assert latency.runtime_version and latency.cpu and latency.torch_version == torch.__version__
+    assert latency.repeats >= 12 and latency.median_ms > 0 and latency.iqr_ms >= 0
+
+
+def test_a_plain_module_is_timed_in_fp32_torch_eager():
+    latency = measure_latency(nn.Linear(4, 2), torch.randn(1, 4), min_run_time_s=0.01)
+    assert (latency.runtime, latency.precision) == ("torch-eager", "fp32")
+
+
+def test_latency_example_repeats_rows_of_a_small_split():
+    images = torch.arange(3.0).view(3, 1, 1, 1)
+    assert latency_example(images, 7).flatten().tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def _hold_training(lock, started: threading.Event, seconds: float) -> None:
+    with SharedCores(lock):
+        started.set()
+        time.sleep(seconds)
+
+
+def test_measurement_waits_until_training_on_the_cores_stops(tmp_path):
+    lock, started = tmp_path / "latency.lock", threading.Event()
+    trainer = threading.Thread(target=_hold_training, args=(lock, started, 0.5))
+    trainer.start()
+    started.wait()
+    start = time.perf_counter()
+    with exclusive(lock):
+        waited = time.perf_counter() - start
+    trainer.join()
+    assert waited >= 0.3
+
+
+def test_training_steps_aside_between_epochs_for_a_queued_measurement(tmp_path):
+    lock, measured = tmp_path / "latency.lock", []
+    cores = SharedCores(lock)
+    with cores:
+
+        def measure() -> None:
+            with exclusive(lock):
+                measured.append(time.perf_counter())
+
+        waiting = threading.Thread(target=measure)
+        waiting.start()
+        time.sleep(0.2)
+        assert not measured  # the measurement is queued behind training
+        cores.step_aside()  # end of an epoch: the measurement runs before training goes on
+        resumed = time.perf_counter()
+        waiting.join()
+    assert measured and measured[0] <= resumed
