@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= $(shell test -d /etc/xdg/pip && echo "torch==2.14.1 torchvision==0.29.1" || echo "torch torchvision")
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: quickstart test smoke lint data clean
+.PHONY: quickstart test smoke lint data postgresql clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,22 @@ data: $(VENV)/.installed
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	else $(BIN)/python -c "from autokd.data.fashion_mnist import _torchvision_download as d; from pathlib import Path; d(Path('data'))"; fi
 
+# PostgreSQL for the database-storage tests: Debian's server package; the tests start (and stop) a
+# private cluster on 127.0.0.1, so no service needs to run. Debian keeps initdb off the PATH.
+postgresql:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "PostgreSQL: present"; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else echo "install PostgreSQL (initdb and pg_ctl) for the database tests" >&2; exit 1; fi
+
 quickstart: $(VENV)/.installed data
 	$(BIN)/autokd search studies/quickstart.yaml
 
 smoke: $(VENV)/.installed
 	$(BIN)/autokd search studies/smoke.yaml
 
-test: $(VENV)/.installed-test data
+test: $(VENV)/.installed-test data postgresql
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(VENV)/.installed-test

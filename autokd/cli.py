@@ -14,6 +14,12 @@ from autokd.plugin_cli import add_plugin_commands
 from autokd.quantize import QuantizationError
 from autokd.registry import RegistryError
 from autokd.report import ReportError
+from autokd.search import BackendUnavailableError
+
+
+class UsageError(ValueError):
+    """Command-line options that do not go together; the message says which."""
+
 
 USER_ERRORS = (
     StudyFileError,
@@ -23,17 +29,50 @@ USER_ERRORS = (
     ReportError,
     ExportError,
     QuantizationError,
+    BackendUnavailableError,
+    UsageError,
 )
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.backend == "ray" and (args.workers != 1 or args.storage):
+        raise UsageError("--workers and --storage belong to the optuna backend; Ray runs trials itself")
+    if args.backend == "optuna" and args.address:
+        raise UsageError("--address needs --backend ray")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: give 1 or more worker processes")
+    if args.heartbeat_interval < 1:
+        raise UsageError(f"--heartbeat-interval {args.heartbeat_interval}: give 1 second or more")
+    if args.storage and not args.storage.startswith("postgresql"):
+        raise UsageError(
+            f"--storage {args.storage.split(':', 1)[0]}:...: give a postgresql:// URL "
+            "(without --storage the study lives in the run folder's journal)"
+        )
 
 
 def _search(args: argparse.Namespace) -> int:
     from autokd.report import write_report
-    from autokd.search import run_search
 
+    _check_options(args)
     study = load_study_file(args.study)
-    outcome = run_search(
-        study, runs_root=args.runs_dir, study_path=Path(args.study), progress=not args.no_progress
-    )
+    if args.backend == "ray":
+        from autokd.ray_backend import run_ray_search
+
+        outcome = run_ray_search(
+            study, runs_root=args.runs_dir, study_path=Path(args.study), address=args.address
+        )
+    else:
+        from autokd.search import run_search
+
+        outcome = run_search(
+            study,
+            runs_root=args.runs_dir,
+            study_path=Path(args.study),
+            progress=not args.no_progress,
+            workers=args.workers,
+            storage_url=args.storage,
+            heartbeat_interval=args.heartbeat_interval,
+        )
     report = write_report(outcome.run_dir, args.reports_dir)
     print(
         f"{outcome.completed} completed trials (stopped by {outcome.stopped_reason}); report: {report / 'index.html'}"
@@ -91,6 +130,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--reports-dir", type=Path, default=Path("reports"), help="where reports go (default: reports)"
     )
     search.add_argument("--no-progress", action="store_true", help="no progress bar (per-trial lines remain)")
+    search.add_argument(
+        "--backend",
+        choices=("optuna", "ray"),
+        default="optuna",
+        help="optuna: trials in this machine's processes (default); ray: trials through Ray Tune",
+    )
+    search.add_argument(
+        "--address",
+        help="ray backend: address of a running Ray cluster (e.g. 10.0.0.5:6379); without it Ray starts locally",
+    )
+    search.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="optuna backend: worker processes on this machine sharing the study (default 1)",
+    )
+    search.add_argument(
+        "--storage",
+        help="optuna backend: database URL shared by workers on several machines "
+        "(postgresql://user:password@host/db); the run folder gets a copy for the report",
+    )
+    search.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=60,
+        help="with --storage: seconds between a running trial's heartbeats; a trial silent for 3 intervals "
+        "is failed and run again (default 60)",
+    )
     search.set_defaults(handler=_search)
 
     report = sub.add_parser("report", help="write the Pareto report of a run folder")

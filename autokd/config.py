@@ -90,13 +90,26 @@ class TrainingSection(_Section):
 
 
 class EarlyStoppingSection(_Section):
-    """Median rule: after ``warmup_epochs``, stop a trial whose validation top-1 at epoch k is below the
-    median of the completed trials of the same student family at epoch k (once ``min_completed_trials``
-    of that family exist)."""
+    """Stopping hopeless trials on validation top-1, never before epoch ``warmup_epochs + 1``.
+
+    Optuna backend: the median rule: stop a trial whose validation top-1 at epoch k is below the median
+    of the completed trials of the same student family at epoch k (once ``min_completed_trials`` of that
+    family exist). Ray backend: Ray Tune's ASHA with grace period ``warmup_epochs + 1`` and
+    ``reduction_factor``. Either way a stopped trial is PRUNED and never on the front.
+    """
 
     enabled: bool = True
     warmup_epochs: Annotated[int, Field(ge=1)] = 1
     min_completed_trials: Annotated[int, Field(ge=1)] = 5
+    reduction_factor: Annotated[float, Field(gt=1)] = 3.0
+
+
+class ParallelSection(_Section):
+    """How trials share machines when several run at once (Ray backend; also sizes worker threads)."""
+
+    max_concurrent_trials: Annotated[int, Field(ge=1)] = 2
+    cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
 
 
 class BudgetSection(_Section):
@@ -174,6 +187,7 @@ class Study(_Section):
     sampler: SamplerSection = SamplerSection()
     augmentation: AugmentationSection = AugmentationSection()
     early_stopping: EarlyStoppingSection = EarlyStoppingSection()
+    parallel: ParallelSection = ParallelSection()
     teacher_cache: bool = True
     teacher_cache_max_gb: Annotated[float, Field(gt=0)] = 2.0
     prescreen: bool = False

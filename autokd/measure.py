@@ -6,16 +6,19 @@ a :class:`~autokd.quantize.DeployedModel` hands over a zero-argument forward pas
 compilation included; it is warmed up, then timed by ``torch.utils.benchmark`` in at least
 ``min_repeats`` blocks over at least ``min_run_time_s``. The record names the runtime and its version, the CPU and torch.
 
-Cores are shared through a file lock: training takes it shared (between epochs it steps aside for a
-waiting measurement), measurement takes it exclusively, so no trial of any worker trains on these
-cores while one is timed. A turnstile lock gives waiting measurements priority over new training.
+Cores are shared through a file lock, one per machine (:func:`machine_latency_lock`): training takes
+it shared (between epochs it steps aside for a waiting measurement), measurement takes it exclusively,
+so no trial of any worker, Ray trial or other study on this machine trains on these cores while one is
+timed. A turnstile lock gives waiting measurements priority over new training.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import platform
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -57,6 +60,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+MEASUREMENT_POLICY = (
+    "one measurement at a time per machine (file lock); concurrent trials on that machine pause "
+    "training at their next epoch boundary while a measurement runs"
+)
+
+
+def machine_latency_lock() -> Path:
+    """The lock every autokd process on this machine shares, whatever the study: latency is about cores."""
+    return Path(tempfile.gettempdir()) / "autokd-latency.lock"
+
+
 def _turnstile(lock_path: Path) -> Path:
     return lock_path.with_name(lock_path.name + ".turnstile")
 
@@ -64,12 +78,13 @@ def _turnstile(lock_path: Path) -> Path:
 @contextlib.contextmanager
 def _flock(path: Path, mode: int) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    # Read-only is enough for flock, so a machine-wide lock file another user created still works.
+    handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
         fcntl.flock(handle, mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(handle)  # closing the descriptor releases its lock
 
 
 @contextlib.contextmanager

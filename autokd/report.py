@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 
 from autokd.pareto import OBJECTIVES, hypervolume, pareto_mask
 from autokd.quantize import AGREEMENT_THRESHOLD
-from autokd.search import JOURNAL, journal_storage
+from autokd.storage import JOURNAL, journal_storage
 
 DEFINITIONS = """\
 - **accuracy retention** = top-1 of the INT8 student on the test split / top-1 of the FP32 teacher on the same split.
@@ -32,8 +32,9 @@ DEFINITIONS = """\
   and `int8_speedup_vs_fp32` their ratio; `speedup_vs_teacher` = FP32 teacher latency, measured the same way on
   the same runtime, / student latency. `int8_fp32_agreement` = share of test images on which the INT8 and FP32
   students predict the same class.
-- **Pareto front**: retention and compression maximised, latency minimised, over completed trials only.
-  **Hypervolume** against the reference point fixed when the study was created."""
+- **Pareto front**: retention and compression maximised, latency minimised, over completed trials only (trials
+  stopped early, by the median rule or by ASHA, are PRUNED and never on it). **Hypervolume** against the
+  reference point fixed when the study was created."""
 
 SETTINGS = ["family", "width", "depth", "method", "temperature", "loss_weight"]
 
@@ -51,6 +52,7 @@ class StudyResults:
     teacher: dict
     reference_point: dict
     settings: dict
+    executions: list[dict]
 
 
 def load_results(run_dir: Path) -> StudyResults:
@@ -101,6 +103,7 @@ def load_results(run_dir: Path) -> StudyResults:
         teacher=teacher,
         reference_point=study.user_attrs.get("reference_point", {}),
         settings=study.user_attrs.get("study", {}),
+        executions=study.user_attrs.get("executions", []),
     )
 
 
@@ -181,6 +184,35 @@ FRONT_COLUMNS = [
     "wall_seconds",
     "flags",
 ]
+
+
+def _execution_line(run: dict) -> str:
+    where = f"{run.get('backend')} backend on {run.get('host')}"
+    if run.get("backend") == "ray":
+        cluster = (
+            "Ray started locally" if run.get("address") == "local" else f"Ray cluster {run.get('address')}"
+        )
+        where += f" ({cluster}, {run.get('cpus_per_trial', 0):g} CPU per trial)"
+    elif run.get("storage") == "database":
+        where += " (database storage shared with other machines)"
+    return f"- {run.get('started')}: {where}, up to {run.get('concurrent_trials')} trial(s) at a time"
+
+
+def latency_method(results: StudyResults) -> list[str]:
+    """How latency was measured: runtime, batch and threads, serialisation, how many trials ran at once."""
+    t_lat = results.teacher.get("latency", {})
+    lines = [
+        f"- {t_lat.get('runtime')} {t_lat.get('runtime_version', '')}, batch {t_lat.get('batch_size')}, "
+        f"{t_lat.get('threads')} thread(s): median of at least 10 timed blocks after warm-up (torch.utils.benchmark)",
+    ]
+    policies = sorted(
+        {run["latency_measurement"] for run in results.executions if "latency_measurement" in run}
+    )
+    lines += [f"- serialised: {policy}" for policy in policies] or [
+        "- serialised: one measurement at a time (file lock)"
+    ]
+    lines += [_execution_line(run) for run in results.executions]
+    return lines
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -315,6 +347,9 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
         "",
         _markdown_table(front) if len(front) else "(no completed trials)",
         "",
+        "## How latency was measured",
+        *latency_method(results),
+        "",
         "## Objective definitions",
         DEFINITIONS,
         "",
@@ -353,6 +388,7 @@ td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}</style></
 Trials: {html.escape(", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))}. Hypervolume {hv:.4f}.</p>
 {"".join(parts)}
 <h2>Pareto front</h2>{table}
+<h2>How latency was measured</h2><ul>{"".join(f"<li>{html.escape(line[2:])}</li>" for line in latency_method(results))}</ul>
 <h2>Definitions</h2><ul>{definitions_html}</ul></body></html>"""
     (out / "index.html").write_text(page)
     return out

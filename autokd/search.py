@@ -1,23 +1,30 @@
-"""The Optuna orchestrator: samples trial configs, runs them, stores every metric in a journal file.
+"""The Optuna orchestrator: samples trial configs, runs them, stores every metric in the study's storage.
 
 The study lives in ``<runs>/<name>/optuna-journal.log`` (JournalStorage, file backend), so that
-``optuna.load_study`` and optuna-dashboard open it. Running the same study again resumes it: trials a
-killed process left RUNNING are marked FAILED, and the budget counts completed trials only.
+``optuna.load_study`` and optuna-dashboard open it; or in a PostgreSQL database that several machines
+share (RDBStorage with heartbeats), copied into that journal when the search ends so that the report
+reads it the same way. Running the same study again resumes it: trials a killed process left RUNNING
+are marked FAILED, and the budget counts completed trials only.
+
+One process runs trials one after another; ``workers=N`` runs N processes on the same storage, each
+with the loop of :func:`run_trials`. The Ray backend shares :func:`prepare_resources`,
+:func:`open_optuna_study`, :func:`record_execution` and :func:`sample_config` with this one.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import socket
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 import torch
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm import tqdm
 
@@ -26,17 +33,27 @@ from autokd.data import DataSplits, load_splits
 from autokd.distill import PLUGINS, load_plugins
 from autokd.early_stopping import TrialStopped, should_stop
 from autokd.features import feature_stage_indices
-from autokd.measure import latency_example, measure_latency
-from autokd.pareto import DIRECTIONS
+from autokd.measure import MEASUREMENT_POLICY, latency_example, machine_latency_lock, measure_latency
+from autokd.pareto import DIRECTIONS, OBJECTIVES
 from autokd.quantize import BACKENDS
+from autokd.storage import JOURNAL, StorageLocation, copy_to_journal, journal_storage
 from autokd.students import FAMILIES
 from autokd.teacher import Teacher, augmentation_of, prepare_teacher
 from autokd.teacher_cache import TeacherOutputs, build_teacher_outputs
 from autokd.trial import TeacherReference, TrialConfig, measure_untrained, run_trial
 
-JOURNAL = "optuna-journal.log"
+__all__ = ["JOURNAL", "journal_storage", "prepare_search", "run_search", "sample_config", "trial_dir"]
+
 NO_DISTILLATION = "none"
 TRIALS_DIR = "trials"
+# How often a worker that waits for the others' running trials looks at the study again.
+WAIT_POLL_SECONDS = 1.0
+# How long a machine joining a database study waits for the creating machine to store its attributes.
+DESCRIBE_WAIT_SECONDS = 120.0
+
+
+class BackendUnavailableError(RuntimeError):
+    """An optional backend's packages are not installed; the message says what to install."""
 
 
 def trial_dir(run_dir: Path, number: int) -> Path:
@@ -44,15 +61,14 @@ def trial_dir(run_dir: Path, number: int) -> Path:
     return run_dir / TRIALS_DIR / str(number)
 
 
-def journal_storage(run_dir: Path) -> JournalStorage:
-    """The study's storage: a journal file that several processes on one machine may share."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
+def worker_id() -> str:
+    """This process, as trials record who ran them."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def make_sampler(study: Study, offset: int = 0) -> optuna.samplers.BaseSampler:
     """The explicitly configured sampler; ``offset`` shifts the seed so a resumed run draws new points."""
-    seed = study.seed + offset
+    seed = (study.seed + offset) % 2**32  # numpy's seed range
     kind = study.sampler.kind
     if kind == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=study.sampler.startup_trials)
@@ -137,7 +153,11 @@ def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
 
 
 def fail_stale_trials(optuna_study: optuna.Study) -> int:
-    """Mark trials that a killed run left RUNNING as FAILED; return how many there were."""
+    """Mark trials that a killed run left RUNNING as FAILED; return how many there were.
+
+    Only for a storage without heartbeats, and only before any worker of this run starts: it cannot
+    tell a dead process's trial from a live one's.
+    """
     storage = optuna_study._storage
     stale = optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
@@ -148,19 +168,34 @@ def fail_stale_trials(optuna_study: optuna.Study) -> int:
     return len(stale)
 
 
-def _trial_line(number: int, result: dict, config: TrialConfig) -> str:
-    method = "+".join(config.methods) or NO_DISTILLATION
+def fail_trials_without_heartbeat(optuna_study: optuna.Study) -> None:
+    """Fail (and queue again) trials whose worker stopped sending heartbeats; no-op without heartbeats."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(optuna_study)
+
+
+def objective_values(result: dict) -> list[float]:
+    """The trial's objectives in the study's order (retention, compression, latency)."""
+    return [result[name] for name in OBJECTIVES]
+
+
+def trial_line(number: int, result: dict) -> str:
+    """One line per completed trial: its student, method, the three objectives and any INT8 warning."""
+    config = result["config"]
+    method = "+".join(config["methods"]) or NO_DISTILLATION
     flags = "".join(
         [
-            " [INT8 slower than FP32]" if result["int8_slower_than_fp32"] else "",
-            " [INT8 disagrees with FP32]" if not result["agreement_ok"] else "",
+            " [INT8 slower than FP32]" if result.get("int8_slower_than_fp32") else "",
+            " [INT8 disagrees with FP32]" if not result.get("agreement_ok", True) else "",
         ]
     )
+    speedup = f" ({result['int8_speedup_vs_fp32']:.2f}x FP32)" if "int8_speedup_vs_fp32" in result else ""
     return (
-        f"trial {number:>3}: {config.family:<11} w={config.width:.2f} d={config.depth:.2f} {method:<12}"
-        f"{' qat' if config.qat else ''} params {result['parameters']:>9,}  retention {result['retention']:.3f} "
+        f"trial {number:>3}: {config['family']:<11} w={config['width']:.2f} d={config['depth']:.2f} {method:<12}"
+        f"{' qat' if config.get('qat') else ''} params {result['parameters']:>9,}  retention {result['retention']:.3f} "
         f"(fp32 {result['retention_fp32']:.3f})  compression {result['compression']:6.1f}x  latency "
-        f"{result['latency_ms']:.2f} ms ({result['int8_speedup_vs_fp32']:.2f}x FP32)  {result['wall_seconds']:.0f} s{flags}"
+        f"{result['latency_ms']:.2f} ms{speedup}  {result['wall_seconds']:.0f} s{flags}"
     )
 
 
@@ -175,8 +210,25 @@ class SearchOutcome:
 
 
 @dataclass
+class Resources:
+    """What every backend needs before its first trial, each built once: data, teacher, its outputs."""
+
+    study: Study
+    run_dir: Path
+    plugin_paths: list[Path]
+    data: DataSplits
+    teacher: Teacher
+    outputs: TeacherOutputs
+
+    def teacher_reference(self) -> TeacherReference:
+        """The teacher as trials see it: its outputs (cached or live) and its FP32 figures."""
+        t = self.teacher
+        return TeacherReference(self.outputs, t.test_accuracy, t.parameters, t.weight_bytes)
+
+
+@dataclass
 class SearchContext:
-    """Everything trials share, prepared once per run: data, teacher and its outputs, the Optuna study."""
+    """Everything trials share, prepared once per process: data, teacher and its outputs, the Optuna study."""
 
     study: Study
     data: DataSplits
@@ -184,6 +236,7 @@ class SearchContext:
     optuna_study: optuna.Study
     run_dir: Path
     latency_lock: Path
+    plugin_paths: list[Path] = field(default_factory=list)
 
 
 def teacher_stages_needed(study: Study, teacher_model: torch.nn.Module) -> list[int]:
@@ -211,14 +264,22 @@ def load_study_data(study: Study) -> DataSplits:
     )
 
 
-def prepare_search(
-    study: Study, *, runs_root: Path, study_path: Path | None = None, log: Callable[[str], None] = print
-) -> SearchContext:
-    """Load plugins and data, get the teacher and its output cache, create or resume the Optuna study."""
-    load_plugins(study.plugin_paths(study_path))
+def prepare_resources(
+    study: Study,
+    *,
+    runs_root: Path,
+    study_path: Path | None = None,
+    log: Callable[[str], None] = print,
+    threads: int | None = None,
+) -> Resources:
+    """Load plugins and data, get the teacher (trained once, then read from disk) and its output cache."""
+    plugin_paths = study.plugin_paths(study_path)
+    load_plugins(plugin_paths)
     validate_against_registries(study)
-    torch.set_num_threads(study.training.threads or os.cpu_count() or 1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(threads or study.training.threads or os.cpu_count() or 1)
+    # Failed trials are reported on one line each (with the `error` attribute); Optuna's own warning
+    # would repeat them with a traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     data = load_study_data(study)
     log(
         f"data {study.data.dataset}: {len(data.train_x)} train / {len(data.val_x)} val / {len(data.test_x)} test images"
@@ -237,10 +298,33 @@ def prepare_search(
         seed=study.seed,
         log=log,
     )
-    run_dir = runs_root / study.name
-    storage = journal_storage(run_dir)
+    return Resources(study, runs_root / study.name, plugin_paths, data, teacher, outputs)
+
+
+def _described(optuna_study: optuna.Study, *, wait: bool) -> bool:
+    """Whether the study-level attributes are stored; with ``wait``, give the machine that created
+    the study a moment to store them (it measures the teacher's latency first)."""
+    deadline = time.monotonic() + (DESCRIBE_WAIT_SECONDS if wait else 0)
+    while "teacher" not in optuna_study.user_attrs:
+        if time.monotonic() > deadline:
+            return False  # its creator died before describing it: describe it here
+        time.sleep(WAIT_POLL_SECONDS)
+    return True
+
+
+def open_optuna_study(
+    resources: Resources, location: StorageLocation, *, log: Callable[[str], None] = print
+) -> optuna.Study:
+    """Create the study (measuring the teacher's latency and storing the study-level attributes) or
+    resume it: check it has the same teacher, and fail the trials a dead process left RUNNING."""
+    study = resources.study
+    storage = location.open()
     existing = study.name in optuna.get_all_study_names(storage)
-    previous_trials = len(optuna.load_study(study_name=study.name, storage=storage).trials) if existing else 0
+    previous_trials = (
+        len(optuna.load_study(study_name=study.name, storage=storage).get_trials(deepcopy=False))
+        if existing
+        else 0
+    )
     optuna_study = optuna.create_study(
         study_name=study.name,
         storage=storage,
@@ -248,21 +332,65 @@ def prepare_search(
         sampler=make_sampler(study, offset=previous_trials),
         load_if_exists=True,
     )
-    lock = run_dir / "latency.lock"
-    if not existing:
-        _record_study_attributes(optuna_study, study, data, teacher, outputs, lock)
-    else:
-        stored_key = optuna_study.user_attrs.get("teacher", {}).get("key")
-        if stored_key != teacher.key:
-            raise StudyFileError(
-                f"study '{study.name}' in {run_dir} was run with another teacher or data ({stored_key}); "
-                "rename the study or delete its run folder"
-            )
-        stale = fail_stale_trials(optuna_study)
-        if stale:
-            log(f"resuming '{study.name}': {stale} interrupted trial(s) marked FAILED")
-    reference = TeacherReference(outputs, teacher.test_accuracy, teacher.parameters, teacher.weight_bytes)
-    return SearchContext(study, data, reference, optuna_study, run_dir, lock)
+    if not existing or not _described(optuna_study, wait=location.heartbeats):
+        _record_study_attributes(
+            optuna_study, study, resources.data, resources.teacher, resources.outputs, machine_latency_lock()
+        )
+        return optuna_study
+    stored_key = optuna_study.user_attrs.get("teacher", {}).get("key")
+    if stored_key != resources.teacher.key:
+        raise StudyFileError(
+            f"study '{study.name}' in {location.describe()} was run with another teacher or data ({stored_key}); "
+            "rename the study or delete its run folder"
+        )
+    if location.heartbeats:
+        # Other machines may be running trials right now: only heartbeats can tell which are dead.
+        fail_trials_without_heartbeat(optuna_study)
+    elif stale := fail_stale_trials(optuna_study):
+        log(f"resuming '{study.name}': {stale} interrupted trial(s) marked FAILED")
+    return optuna_study
+
+
+def prepare_search(
+    study: Study,
+    *,
+    runs_root: Path,
+    study_path: Path | None = None,
+    log: Callable[[str], None] = print,
+    location: StorageLocation | None = None,
+) -> SearchContext:
+    """Resources plus the created or resumed Optuna study: what one process needs to run trials."""
+    resources = prepare_resources(study, runs_root=runs_root, study_path=study_path, log=log)
+    optuna_study = open_optuna_study(resources, location or StorageLocation(resources.run_dir), log=log)
+    return _context(resources, optuna_study)
+
+
+def _context(resources: Resources, optuna_study: optuna.Study) -> SearchContext:
+    return SearchContext(
+        resources.study,
+        resources.data,
+        resources.teacher_reference(),
+        optuna_study,
+        resources.run_dir,
+        machine_latency_lock(),
+        resources.plugin_paths,
+    )
+
+
+def record_execution(optuna_study: optuna.Study, *, backend: str, concurrent_trials: int, **details) -> None:
+    """Append how this search ran (backend, concurrency, latency policy) to the study, for the report."""
+    executions = list(optuna_study.user_attrs.get("executions", []))
+    executions.append(
+        {
+            "backend": backend,
+            "concurrent_trials": concurrent_trials,
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "latency_measurement": MEASUREMENT_POLICY,
+            **details,
+        }
+    )
+    optuna_study.set_user_attr("executions", executions)
 
 
 def _record_study_attributes(
@@ -367,52 +495,186 @@ def _epoch_rule(
 
 
 def run_one_trial(ctx: SearchContext, log: Callable[[str], None]) -> TrialState:
-    """Ask the study for one trial, run it, and tell the study how it ended."""
-    trial = ctx.optuna_study.ask()
-    config = sample_config(trial, ctx.study)
-    if ctx.study.prescreen:
-        skipped = _prescreen(ctx, config)
-        if skipped is not None:
-            trial.set_user_attr("prescreened", skipped)
-            ctx.optuna_study.tell(trial, state=TrialState.PRUNED)
-            log(
-                f"trial {trial.number:>3}: skipped before training ({config.family} w={config.width:.2f} "
-                f"d={config.depth:.2f}: trial {skipped['dominated_by']} is as small and as fast, above the floor)"
+    """Ask the study for one trial, run it, and tell the study how it ended.
+
+    The trial goes through ``Study.optimize`` so that a database storage records its heartbeat.
+    """
+    finished: list[optuna.trial.FrozenTrial] = []
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        trial.set_user_attr("worker", worker_id())
+        config = sample_config(trial, ctx.study)
+        if ctx.study.prescreen:
+            skipped = _prescreen(ctx, config)
+            if skipped is not None:
+                trial.set_user_attr("prescreened", skipped)
+                log(
+                    f"trial {trial.number:>3}: skipped before training ({config.family} w={config.width:.2f} "
+                    f"d={config.depth:.2f}: trial {skipped['dominated_by']} is as small and as fast, above the floor)"
+                )
+                raise optuna.TrialPruned()
+        history: list[float] = []
+        try:
+            result = run_trial(
+                config,
+                ctx.data,
+                ctx.teacher,
+                on_epoch=_epoch_rule(ctx, config, history),
+                latency_lock=ctx.latency_lock,
+                artifact_dir=trial_dir(ctx.run_dir, trial.number),
             )
-            return TrialState.PRUNED
-    history: list[float] = []
+        except TrialStopped as stop:
+            trial.set_user_attr("stopped_at_epoch", stop.epoch)
+            trial.set_user_attr("val_accuracy_per_epoch", history)
+            trial.set_user_attr("seconds_saved", stop.seconds_saved)
+            log(
+                f"trial {trial.number:>3}: stopped early ({config.family} w={config.width:.2f} d={config.depth:.2f}: {stop})"
+            )
+            raise optuna.TrialPruned() from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted by the user")
+            raise
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            log(f"trial {trial.number:>3}: FAILED ({type(exc).__name__}: {exc})")
+            raise
+        for key, value in result.items():
+            trial.set_user_attr(key, value)
+        log(trial_line(trial.number, result))
+        return objective_values(result)
+
+    ctx.optuna_study.optimize(
+        objective, n_trials=1, catch=(Exception,), callbacks=[lambda _, trial: finished.append(trial)]
+    )
+    return finished[-1].state
+
+
+def _count(optuna_study: optuna.Study, state: TrialState) -> int:
+    return len(optuna_study.get_trials(deepcopy=False, states=(state,)))
+
+
+def run_trials(
+    ctx: SearchContext,
+    *,
+    deadline: float | None,
+    emit: Callable[[str], None] = print,
+    on_completed: Callable[[int], None] | None = None,
+) -> tuple[int, str]:
+    """Run trials in this process until the study is done; return (trials failed here, why it stopped).
+
+    Several processes may run this loop on one study. A trial starts only while completed plus running
+    trials stay below the budget, so the budget is overshot only when two workers start the last
+    trial at the same moment; a worker with nothing to start waits, in case a running trial fails.
+    """
+    budget = ctx.study.budget
+    consecutive_failures, failed = 0, 0
+    while True:
+        completed = _count(ctx.optuna_study, TrialState.COMPLETE)
+        if on_completed is not None:
+            on_completed(completed)
+        if completed >= budget.trials:
+            return failed, "budget"
+        if deadline is not None and time.time() > deadline:
+            return failed, "time limit"
+        if completed + _count(ctx.optuna_study, TrialState.RUNNING) >= budget.trials:
+            fail_trials_without_heartbeat(ctx.optuna_study)
+            time.sleep(WAIT_POLL_SECONDS)
+            continue
+        state = run_one_trial(ctx, emit)
+        if state != TrialState.FAIL:
+            consecutive_failures = 0
+            continue
+        failed += 1
+        consecutive_failures += 1
+        if consecutive_failures >= budget.max_consecutive_failures:
+            return failed, f"{consecutive_failures} consecutive failed trials"
+
+
+@dataclass(frozen=True)
+class _WorkerTask:
+    """What a worker process needs: plain data, from which it reopens data, teacher and cache from disk."""
+
+    index: int
+    study: Study
+    runs_root: Path
+    study_path: Path | None
+    location: StorageLocation
+    deadline: float | None
+    threads: int
+
+
+def _worker_main(task: _WorkerTask, outcomes) -> None:
+    """Entry point of a worker process: run trials of the shared study until it is done."""
+    prefix = f"[worker {task.index}] "
+
+    def emit(line: str) -> None:
+        print(prefix + line, flush=True)
+
     try:
-        result = run_trial(
-            config,
-            ctx.data,
-            ctx.teacher,
-            on_epoch=_epoch_rule(ctx, config, history),
-            latency_lock=ctx.latency_lock,
-            artifact_dir=trial_dir(ctx.run_dir, trial.number),
+        # The parent built the teacher and its output cache: here they are only read from disk.
+        resources = prepare_resources(
+            task.study,
+            runs_root=task.runs_root,
+            study_path=task.study_path,
+            log=lambda _: None,
+            threads=task.threads,
         )
-    except TrialStopped as stop:
-        trial.set_user_attr("stopped_at_epoch", stop.epoch)
-        trial.set_user_attr("val_accuracy_per_epoch", history)
-        trial.set_user_attr("seconds_saved", stop.seconds_saved)
-        ctx.optuna_study.tell(trial, state=TrialState.PRUNED)
-        log(
-            f"trial {trial.number:>3}: stopped early ({config.family} w={config.width:.2f} d={config.depth:.2f}: {stop})"
-        )
-        return TrialState.PRUNED
+        storage = task.location.open()
+        study = task.study
+        previous = len(optuna.load_study(study_name=study.name, storage=storage).get_trials(deepcopy=False))
+        # Every worker draws its own random sequence: same-seeded workers would propose the same settings.
+        # (Spread the pid out: consecutive pids plus trial counts one apart would otherwise collide.)
+        sampler = make_sampler(study, offset=previous + 65_537 * os.getpid())
+        optuna_study = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
+        failed, reason = run_trials(_context(resources, optuna_study), deadline=task.deadline, emit=emit)
     except KeyboardInterrupt:
-        trial.set_user_attr("error", "interrupted by the user")
-        ctx.optuna_study.tell(trial, state=TrialState.FAIL)
-        raise
-    except Exception as exc:
-        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-        ctx.optuna_study.tell(trial, state=TrialState.FAIL)
-        log(f"trial {trial.number:>3}: FAILED ({type(exc).__name__}: {exc})")
-        return TrialState.FAIL
-    for key, value in result.items():
-        trial.set_user_attr(key, value)
-    ctx.optuna_study.tell(trial, [result["retention"], result["compression"], result["latency_ms"]])
-    log(_trial_line(trial.number, result, config))
-    return TrialState.COMPLETE
+        failed, reason = 0, "interrupted"
+    except Exception as exc:  # noqa: BLE001 - one line to the parent, not a traceback per worker
+        emit(f"stopped: {type(exc).__name__}: {exc}")
+        failed, reason = 0, f"worker {task.index} stopped ({type(exc).__name__}: {exc})"
+    outcomes.put((task.index, failed, reason))
+
+
+def _run_workers(
+    study: Study,
+    runs_root: Path,
+    study_path: Path | None,
+    location: StorageLocation,
+    workers: int,
+    deadline: float | None,
+) -> tuple[int, str]:
+    context = torch.multiprocessing.get_context("spawn")
+    outcomes = context.SimpleQueue()
+    threads = study.training.threads or max(1, (os.cpu_count() or 1) // workers)
+    processes = [
+        context.Process(
+            target=_worker_main,
+            args=(_WorkerTask(i, study, runs_root, study_path, location, deadline, threads), outcomes),
+            name=f"autokd-worker-{i}",
+        )
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    finally:
+        for process in processes:  # after Ctrl-C: give workers time to fail their trial, then stop them
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+    reports = []
+    while not outcomes.empty():
+        reports.append(outcomes.get())
+    failed = sum(report[1] for report in reports)
+    reasons = sorted({report[2] for report in reports})
+    crashed = [f"{p.name} exited with code {p.exitcode}" for p in processes if p.exitcode != 0]
+    if "budget" in reasons:
+        return failed, "budget"
+    if "time limit" in reasons:
+        return failed, "time limit"
+    return failed, "; ".join(crashed + reasons)
 
 
 def run_search(
@@ -422,39 +684,55 @@ def run_search(
     study_path: Path | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    workers: int = 1,
+    storage_url: str | None = None,
+    heartbeat_interval: int = 60,
 ) -> SearchOutcome:
-    """Run (or resume) ``study`` until its budget of completed trials or its time limit is reached."""
-    start = time.monotonic()
-    ctx = prepare_search(study, runs_root=runs_root, study_path=study_path, log=log)
+    """Run (or resume) ``study`` until its budget of completed trials or its time limit is reached.
+
+    ``workers`` > 1 runs that many processes on the study's storage; ``storage_url`` (PostgreSQL) puts
+    the study in a database that workers on several machines share, with heartbeats every
+    ``heartbeat_interval`` seconds so that a dead worker's trial is failed and run again.
+    """
+    start = time.time()
+    deadline = start + study.budget.time_limit_minutes * 60 if study.budget.time_limit_minutes else None
+    location = StorageLocation(runs_root / study.name, storage_url, heartbeat_interval)
+    ctx = prepare_search(study, runs_root=runs_root, study_path=study_path, log=log, location=location)
+    record_execution(
+        ctx.optuna_study,
+        backend="optuna",
+        concurrent_trials=workers,
+        storage="database" if storage_url else "journal",
+        worker_processes=workers,
+    )
     budget = study.budget
-    done = len(_completed(ctx.optuna_study))
+    done = _count(ctx.optuna_study, TrialState.COMPLETE)
     if done:
         log(f"resuming '{study.name}': {done}/{budget.trials} trials already complete")
-    bar = tqdm(
-        total=budget.trials,
-        initial=done,
-        desc=study.name,
-        unit="trial",
-        disable=not progress,
-        dynamic_ncols=True,
+    if workers == 1:
+        with tqdm(
+            total=budget.trials,
+            initial=done,
+            desc=study.name,
+            unit="trial",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
+            failed_now, reason = run_trials(
+                ctx,
+                deadline=deadline,
+                emit=bar.write if progress else log,
+                on_completed=lambda completed: bar.update(completed - bar.n),
+            )
+    else:
+        log(f"{workers} worker processes on {location.describe()}")
+        failed_now, reason = _run_workers(study, runs_root, study_path, location, workers, deadline)
+    if storage_url:
+        copy_to_journal(ctx.optuna_study, ctx.run_dir)
+        log(f"copied the study from {location.describe()} into {ctx.run_dir / JOURNAL} for the report")
+    return SearchOutcome(
+        run_dir=ctx.run_dir,
+        completed=_count(ctx.optuna_study, TrialState.COMPLETE),
+        failed_now=failed_now,
+        stopped_reason=reason,
     )
-    consecutive_failures, failed_now, reason = 0, 0, "budget"
-    try:
-        while done < budget.trials:
-            if budget.time_limit_minutes and time.monotonic() - start > budget.time_limit_minutes * 60:
-                reason = "time limit"
-                break
-            state = run_one_trial(ctx, bar.write if progress else log)
-            if state == TrialState.FAIL:
-                failed_now += 1
-                consecutive_failures += 1
-                if consecutive_failures >= budget.max_consecutive_failures:
-                    reason = f"{consecutive_failures} consecutive failed trials"
-                    break
-            else:
-                consecutive_failures = 0
-            done = len(_completed(ctx.optuna_study))
-            bar.update(done - bar.n)
-    finally:
-        bar.close()
-    return SearchOutcome(run_dir=ctx.run_dir, completed=done, failed_now=failed_now, stopped_reason=reason)

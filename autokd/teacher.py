@@ -11,6 +11,7 @@ data it sees, so any later study with the same teacher and data reuses it:
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,16 @@ class Teacher:
     parameters: int
     weight_bytes: int
     model_name: str
+
+
+def _save_atomically(obj: object, path: Path) -> None:
+    # Several processes or machines may share the runs folder: a reader must never load half a file.
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    if isinstance(obj, str):
+        partial.write_text(obj)
+    else:
+        torch.save(obj, partial)
+    partial.replace(path)
 
 
 def augmentation_of(study: Study) -> CropFlip | None:
@@ -116,8 +127,8 @@ def prepare_teacher(
             "source": study.teacher.checkpoint or "trained",
             "teacher_section": study.teacher.model_dump(),
         }
-        torch.save(model.state_dict(), weights)
-        metrics_path.write_text(json.dumps(metrics, indent=2))
+        _save_atomically(model.state_dict(), weights)
+        _save_atomically(json.dumps(metrics, indent=2), metrics_path)
         log(f"teacher ready: test top-1 {metrics['test_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
     model.eval()
     return Teacher(

@@ -60,6 +60,11 @@ class TrialConfig:
     latency_threads: int = 1
     latency_min_run_time_s: float = 0.3
 
+    @classmethod
+    def from_dict(cls, values: dict) -> TrialConfig:
+        """Rebuild a config from ``dataclasses.asdict`` output that travelled as plain data (JSON, Ray)."""
+        return cls(**{**values, "methods": tuple(values["methods"])})
+
 
 @dataclass(frozen=True)
 class TeacherReference:

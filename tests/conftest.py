@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import copy
+import os
+import secrets
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+# Ray clusters the tests start, and the drivers that join them, stay on 127.0.0.1 (Ray replaces a
+# loopback address by the machine's outward one unless it believes it runs single-node) and require
+# a token private to this test session. Ray reads both when it is first imported, hence here.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
 
 from autokd.distill import PLUGINS, load_builtin_plugins
 

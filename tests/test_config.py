@@ -135,3 +135,29 @@ def test_qat_must_leave_at_least_one_fp32_epoch():
 
 def test_the_default_backend_is_onnx_runtime():
     assert parse_study({"name": "q"}).quantization.backend == "onnxruntime"
+
+
+def test_parallel_settings_name_the_field():
+    assert "parallel.max_concurrent_trials" in error_of(
+        {"name": "a", "parallel": {"max_concurrent_trials": 0}}
+    )
+    assert "early_stopping.reduction_factor" in error_of(
+        {"name": "a", "early_stopping": {"reduction_factor": 1}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        (["--address", "10.0.0.5:6379"], "--address needs --backend ray"),
+        (["--backend", "ray", "--workers", "2"], "belong to the optuna backend"),
+        (["--storage", "sqlite:///study.db"], "give a postgresql:// URL"),
+        (["--workers", "0"], "--workers 0"),
+    ],
+)
+def test_options_that_do_not_go_together_exit_2_with_one_line(tmp_path, capsys, options, needle):
+    path = tmp_path / "ok.yaml"
+    path.write_text("name: ok\n")
+    assert main(["search", str(path), "--runs-dir", str(tmp_path / "runs"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
