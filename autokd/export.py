@@ -20,8 +20,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from autokd.config import Study, parse_study
-from autokd.data import DataSplits, load_splits
+from autokd.config import parse_study
 from autokd.measure import cpu_model
 from autokd.quantize import (
     BACKENDS,
@@ -30,7 +29,8 @@ from autokd.quantize import (
     calibration_batches,
     top1,
 )
-from autokd.search import JOURNAL, journal_storage, trial_dir
+from autokd.search import load_study_data, trial_dir
+from autokd.storage import load_run_study
 from autokd.students import build_student, count_parameters
 from autokd.trial import STUDENT_WEIGHTS, TrialConfig
 
@@ -71,35 +71,10 @@ class Export:
 
 
 def _study(run_dir: Path) -> optuna.Study:
-    if not (run_dir / JOURNAL).exists():
-        raise ExportError(f"{run_dir} holds no study ({JOURNAL} not found)")
-    storage = journal_storage(run_dir)
-    names = optuna.get_all_study_names(storage)
-    if not names:
-        raise ExportError(f"{run_dir / JOURNAL} holds no study")
-    name = run_dir.name if run_dir.name in names else names[0]
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def study_data(study: Study) -> DataSplits:
-    """The study's splits, loaded and normalised exactly as the search loaded them."""
-    d = study.data
-    return load_splits(
-        d.dataset,
-        data_dir=d.data_dir,
-        download=d.download,
-        train_subsample=d.train_subsample,
-        val_fraction=d.val_fraction,
-        image_size=d.image_size,
-        seed=study.seed,
-    )
-
-
-def trial_config(attrs: dict) -> TrialConfig:
-    """The TrialConfig a trial stored as its ``config`` user attribute."""
-    stored = dict(attrs)
-    stored["methods"] = tuple(stored.get("methods", ()))
-    return TrialConfig(**stored)
+    try:
+        return load_run_study(run_dir)
+    except (FileNotFoundError, LookupError) as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _versions() -> dict:
@@ -130,14 +105,14 @@ def export_trial(
     if not weights.exists():
         raise ExportError(f"trial {number} kept no student weights ({weights} not found)")
     study = parse_study(optuna_study.user_attrs["study"], f"{run_dir} (stored study)")
-    config = trial_config(trial.user_attrs["config"])
+    config = TrialConfig.from_dict(trial.user_attrs["config"])
     backend = BACKENDS.get(config.quantization_backend)
     if artifact_format is not None:
         backend = backend_for_format(artifact_format)
     if backend.artifact_format is None:
         raise ExportError(f"backend '{backend.name}' has no artifact format")
 
-    data = study_data(study)
+    data = load_study_data(study)
     student = build_student(
         config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
     )
@@ -222,6 +197,6 @@ def evaluate_export(directory: str | Path, split: str = "test") -> tuple[float, 
     card = json.loads(card_path.read_text())
     data_settings = {k: v for k, v in card["data"].items() if k not in ("seed", "splits")}
     study = parse_study({"name": card["study"], "seed": card["data"]["seed"], "data": data_settings})
-    data = study_data(study)
+    data = load_study_data(study)
     images, labels = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
     return top1(load(directory), images, labels), card

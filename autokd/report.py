@@ -11,13 +11,12 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import plotly.graph_objects as go
 
 from autokd.pareto import OBJECTIVES, hypervolume, pareto_mask
 from autokd.quantize import AGREEMENT_THRESHOLD
-from autokd.storage import JOURNAL, journal_storage
+from autokd.storage import load_run_study
 
 DEFINITIONS = """\
 - **accuracy retention** = top-1 of the INT8 student on the test split / top-1 of the FP32 teacher on the same split.
@@ -57,14 +56,12 @@ class StudyResults:
 
 def load_results(run_dir: Path) -> StudyResults:
     """Read a study's journal into a DataFrame of trials (one row each) and its metadata."""
-    if not (run_dir / JOURNAL).exists():
-        raise ReportError(f"{run_dir} holds no study ({JOURNAL} not found); run 'autokd search STUDY' first")
-    storage = journal_storage(run_dir)
-    names = optuna.get_all_study_names(storage)
-    if not names:
-        raise ReportError(f"{run_dir / JOURNAL} holds no study")
-    name = run_dir.name if run_dir.name in names else names[0]
-    study = optuna.load_study(study_name=name, storage=storage)
+    try:
+        study = load_run_study(run_dir)
+    except FileNotFoundError as exc:
+        raise ReportError(f"{exc}; run 'autokd search STUDY' first") from None
+    except LookupError as exc:
+        raise ReportError(str(exc)) from None
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
@@ -98,7 +95,7 @@ def load_results(run_dir: Path) -> StudyResults:
         points = trials.loc[complete, list(OBJECTIVES)].to_numpy(dtype=float)
         trials.loc[complete, "on_front"] = pareto_mask(points)
     return StudyResults(
-        name=name,
+        name=study.study_name,
         trials=trials,
         teacher=teacher,
         reference_point=study.user_attrs.get("reference_point", {}),

@@ -98,6 +98,22 @@ class StorageLocation:
         raise AssertionError("unreachable")
 
 
+def load_run_study(run_dir: Path) -> optuna.Study:
+    """The study in ``run_dir``'s journal (the one named after the folder, else the only one).
+
+    Raises ``FileNotFoundError`` when there is no journal and ``LookupError`` when it holds no study;
+    callers turn both into their own one-line errors.
+    """
+    if not (run_dir / JOURNAL).exists():
+        raise FileNotFoundError(f"{run_dir} holds no study ({JOURNAL} not found)")
+    storage = journal_storage(run_dir)
+    names = optuna.get_all_study_names(storage)
+    if not names:
+        raise LookupError(f"{run_dir / JOURNAL} holds no study")
+    name = run_dir.name if run_dir.name in names else names[0]
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 def copy_to_journal(source: optuna.Study, run_dir: Path) -> Path:
     """Write the study's attributes and finished trials into ``run_dir``'s journal, replacing it.
 

@@ -10,9 +10,9 @@ import pytest
 import autokd
 from autokd.cli import main
 from autokd.config import parse_study
-from autokd.export import MODEL_CARD, ExportError, evaluate_export, export_trial, study_data
+from autokd.export import MODEL_CARD, ExportError, evaluate_export, export_trial
 from autokd.quantize import top1
-from autokd.search import journal_storage, run_search, trial_dir
+from autokd.search import journal_storage, load_study_data, run_search, trial_dir
 from autokd.trial import STUDENT_WEIGHTS
 
 
@@ -54,7 +54,7 @@ def test_exported_artifact_reproduces_the_int8_accuracy_the_study_recorded(
     assert card["metrics"]["recorded_by_study"]["int8_accuracy"] == recorded
 
     # The artifact alone, loaded by the public API and run on the study's test split.
-    data = study_data(parse_study(tiny_study))
+    data = load_study_data(parse_study(tiny_study))
     accuracy = top1(autokd.load(out), data.test_x, data.test_y)
     assert accuracy == pytest.approx(recorded, abs=0.001)
     assert evaluate_export(out)[0] == pytest.approx(accuracy)

@@ -11,20 +11,7 @@ import yaml
 
 from autokd.cli import main
 from autokd.distill import PLUGINS
-
-BUILTIN_KINDS = {
-    "hinton_kd": "response",
-    "dkd": "response",
-    "dist": "response",
-    "fitnets": "feature",
-    "attention_transfer": "feature",
-    "nst": "feature",
-    "rkd": "relation",
-    "pkt": "relation",
-    "sp": "relation",
-    "self_distillation_exits": "self",
-    "tf_kd": "self",
-}
+from tests.test_plugins import BUILTIN as BUILTIN_KINDS
 
 STUDY_PLUGIN = textwrap.dedent(
     '''
