@@ -73,6 +73,9 @@ class SearchSpaceSection(_Section):
     methods: Annotated[list[str], Field(min_length=1)] = ["hinton_kd"]
     temperature: Range = (1.0, 8.0)
     loss_weight: Range = (0.25, 4.0)
+    # Input stem of families that have two (ResNet): "auto" takes the small-image stem for images of at
+    # most 64 pixels and the timm model's own (ImageNet) stem above that; see autokd.students.
+    stem: Literal["auto", "imagenet", "small"] = "auto"
 
     @field_validator("width", "depth", "temperature", "loss_weight")
     @classmethod

@@ -114,7 +114,12 @@ def export_trial(
 
     data = load_study_data(study)
     student = build_student(
-        config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
+        config.family,
+        config.width,
+        config.depth,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        stem=config.stem,
     )
     student.load_state_dict(torch.load(weights, weights_only=True))
     student.eval()
@@ -144,6 +149,7 @@ def export_trial(
         "trial": number,
         "student": {
             "family": config.family,
+            "stem": config.stem,
             "width": config.width,
             "depth": config.depth,
             "parameters": count_parameters(student),

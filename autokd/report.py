@@ -35,7 +35,7 @@ DEFINITIONS = """\
   stopped early, by the median rule or by ASHA, are PRUNED and never on it). **Hypervolume** against the
   reference point fixed when the study was created."""
 
-SETTINGS = ["family", "width", "depth", "method", "temperature", "loss_weight"]
+SETTINGS = ["family", "stem", "width", "depth", "method", "temperature", "loss_weight"]
 
 
 class ReportError(RuntimeError):
@@ -69,6 +69,8 @@ def load_results(run_dir: Path) -> StudyResults:
         row.update(trial.params)
         if "method" not in row:
             row["method"] = None
+        if "config" in attrs:  # trials stored before the stem choice were built with timm's own stem
+            row["stem"] = attrs["config"].get("stem", "imagenet")
         for key, value in attrs.items():
             if key in ("config", "latency", "latency_fp32", "val_accuracy_per_epoch"):
                 continue

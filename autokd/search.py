@@ -37,7 +37,7 @@ from autokd.measure import MEASUREMENT_POLICY, latency_example, machine_latency_
 from autokd.pareto import DIRECTIONS, OBJECTIVES
 from autokd.quantize import BACKENDS
 from autokd.storage import JOURNAL, StorageLocation, copy_to_journal, journal_storage
-from autokd.students import FAMILIES
+from autokd.students import FAMILIES, stem_for
 from autokd.teacher import Teacher, augmentation_of, prepare_teacher
 from autokd.teacher_cache import TeacherOutputs, build_teacher_outputs
 from autokd.trial import TeacherReference, TrialConfig, measure_untrained, run_trial
@@ -133,6 +133,7 @@ def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
         family=family,
         width=width,
         depth=depth,
+        stem=stem_for(family, study.data.image_size, space.stem),
         methods=methods,
         temperature=temperature,
         loss_weight=loss_weight,

@@ -43,6 +43,8 @@ class TrialConfig:
     family: str
     width: float
     depth: float
+    # "imagenet" for configs stored before students had a stem choice: they rebuild as they trained
+    stem: str = "imagenet"
     methods: tuple[str, ...] = ("hinton_kd",)
     temperature: float = 4.0
     loss_weight: float = 1.0
@@ -142,7 +144,12 @@ def measure_untrained(
     """
     torch.manual_seed(config.seed)
     student = build_student(
-        config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
+        config.family,
+        config.width,
+        config.depth,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        stem=config.stem,
     ).eval()
     calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
     int8_model = BACKENDS.get(config.quantization_backend).quantize(student, calibration)
@@ -175,7 +182,12 @@ def run_trial(
     torch.manual_seed(config.seed)
     backend = BACKENDS.get(config.quantization_backend)
     student = build_student(
-        config.family, config.width, config.depth, num_classes=data.num_classes, in_chans=data.in_chans
+        config.family,
+        config.width,
+        config.depth,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        stem=config.stem,
     )
     plugins = build_plugins(config, student, teacher.model, data.num_classes)
     qat_epochs = config.qat_epochs if config.qat else 0

@@ -19,7 +19,7 @@ import torch
 from autokd.config import load_study_file
 from autokd.distill import load_plugins
 from autokd.search import load_study_data
-from autokd.students import build_student
+from autokd.students import build_student, stem_for
 from autokd.teacher import prepare_teacher
 from autokd.teacher_cache import build_teacher_outputs
 from autokd.train import TrainSettings, evaluate, train
@@ -40,6 +40,12 @@ def main() -> None:
     parser.add_argument("--family", default="resnet")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--depth", type=float, default=0.5)
+    parser.add_argument(
+        "--stem",
+        choices=["auto", "imagenet", "small"],
+        default="auto",
+        help="ResNet input stem (auto: small for images of at most 64 pixels)",
+    )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--loss-weight", type=float, default=1.0)
@@ -68,6 +74,7 @@ def main() -> None:
                 family=args.family,
                 width=args.width,
                 depth=args.depth,
+                stem=stem_for(args.family, data.image_size, args.stem),
                 methods=methods,
                 temperature=args.temperature,
                 loss_weight=args.loss_weight,
@@ -76,7 +83,12 @@ def main() -> None:
             )
             torch.manual_seed(seed)
             student = build_student(
-                args.family, args.width, args.depth, num_classes=data.num_classes, in_chans=data.in_chans
+                args.family,
+                args.width,
+                args.depth,
+                num_classes=data.num_classes,
+                in_chans=data.in_chans,
+                stem=stem_for(args.family, data.image_size, args.stem),
             )
             plugins = build_plugins(config, student, teacher.model, data.num_classes)
             start = time.perf_counter()

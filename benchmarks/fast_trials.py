@@ -29,7 +29,7 @@ from autokd.distill import PLUGINS, load_plugins
 from autokd.pareto import OBJECTIVES, hypervolume
 from autokd.report import load_results
 from autokd.search import load_study_data, run_search
-from autokd.students import build_student
+from autokd.students import build_student, stem_for
 from autokd.teacher import prepare_teacher
 from autokd.teacher_cache import build_teacher_outputs
 from autokd.train import TrainSettings, WeightedPlugin, train
@@ -51,7 +51,12 @@ def epoch_seconds(args, study, data, teacher) -> None:
     ):
         torch.manual_seed(0)
         student = build_student(
-            args.family, args.width, args.depth, num_classes=data.num_classes, in_chans=data.in_chans
+            args.family,
+            args.width,
+            args.depth,
+            num_classes=data.num_classes,
+            in_chans=data.in_chans,
+            stem=stem_for(args.family, data.image_size, args.stem),
         )
         plugins = [WeightedPlugin(PLUGINS.get("hinton_kd")(), 1.0)] if outputs is not None else []
         start = time.perf_counter()
@@ -77,7 +82,12 @@ def throughput(args, study, data) -> None:
     def bare() -> float:
         torch.manual_seed(0)
         model = build_student(
-            args.family, args.width, args.depth, num_classes=data.num_classes, in_chans=data.in_chans
+            args.family,
+            args.width,
+            args.depth,
+            num_classes=data.num_classes,
+            in_chans=data.in_chans,
+            stem=stem_for(args.family, data.image_size, args.stem),
         )
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         steps = -(-len(data.train_x) // settings.batch_size) * settings.epochs
@@ -100,7 +110,12 @@ def throughput(args, study, data) -> None:
     def ours() -> float:
         torch.manual_seed(0)
         model = build_student(
-            args.family, args.width, args.depth, num_classes=data.num_classes, in_chans=data.in_chans
+            args.family,
+            args.width,
+            args.depth,
+            num_classes=data.num_classes,
+            in_chans=data.in_chans,
+            stem=stem_for(args.family, data.image_size, args.stem),
         )
         start = time.perf_counter()
         train(model, data.train_x, data.train_y, settings)
@@ -175,6 +190,12 @@ def main() -> None:
     parser.add_argument("--family", default="resnet")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--depth", type=float, default=0.5)
+    parser.add_argument(
+        "--stem",
+        choices=["auto", "imagenet", "small"],
+        default="auto",
+        help="ResNet input stem (auto: small for images of at most 64 pixels)",
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--runs-dir", default=str(REPO / "runs"))
     parser.add_argument("--n", type=int, default=10, help="trials for the sampler comparison (d)")

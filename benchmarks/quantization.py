@@ -28,7 +28,7 @@ from autokd.data import load_splits  # noqa: E402
 from autokd.measure import cpu_model, latency_example, measure_latency  # noqa: E402
 from autokd.quantize import AGREEMENT_THRESHOLD, BACKENDS, calibration_batches, predict  # noqa: E402
 from autokd.quantize.qat import copy_weights_back, prepare_qat  # noqa: E402
-from autokd.students import build_student, count_parameters  # noqa: E402
+from autokd.students import build_student, count_parameters, stem_for  # noqa: E402
 from autokd.train import TrainSettings, predict_logits, train  # noqa: E402
 
 
@@ -45,6 +45,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", default=["onnxruntime", "pt2e_x86"])
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--depth", type=float, default=0.5)
+    parser.add_argument(
+        "--stem",
+        choices=["auto", "imagenet", "small"],
+        default="auto",
+        help="ResNet input stem (auto: small for images of at most 64 pixels)",
+    )
     parser.add_argument("--calibration-batches", type=int, default=8)
     parser.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--threads", type=int, default=1, help="threads for latency")
@@ -58,7 +64,12 @@ def parse_args() -> argparse.Namespace:
 def trained_student(args: argparse.Namespace, data, family: str, qat: bool) -> torch.nn.Module:
     torch.manual_seed(args.seed)
     student = build_student(
-        family, args.width, args.depth, num_classes=data.num_classes, in_chans=data.in_chans
+        family,
+        args.width,
+        args.depth,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        stem=stem_for(family, data.image_size, args.stem),
     )
     fp32_epochs = args.epochs - 1 if qat else args.epochs
     settings = TrainSettings(fp32_epochs, args.batch_size, args.lr, seed=args.seed)
@@ -76,7 +87,8 @@ def main() -> None:
     data = load_splits(args.dataset, train_subsample=args.train_subsample, image_size=32, seed=args.seed)
     print(
         f"# {args.dataset}: {len(data.train_x)} train / {len(data.test_x)} test images; students width "
-        f"{args.width}, depth {args.depth}, {args.epochs} epochs; {args.calibration_batches} calibration "
+        f"{args.width}, depth {args.depth}, ResNet stem {stem_for('resnet', data.image_size, args.stem)}, {args.epochs} "
+        f"epochs; {args.calibration_batches} calibration "
         f"batches of {args.batch_size}; latency with {args.threads} thread(s), min run time {args.min_run_time} s"
     )
     import onnxruntime

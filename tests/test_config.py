@@ -47,6 +47,11 @@ def test_sampler_kind_lists_allowed_values():
     assert "sampler.kind" in message and "'cmaes'" in message and "'tpe'" in message
 
 
+def test_stem_lists_allowed_values():
+    message = error_of({"name": "a", "search_space": {"stem": "tiny"}})
+    assert "search_space.stem" in message and "'tiny'" in message and "'small'" in message
+
+
 def test_missing_name_is_reported():
     assert "field 'name' is required" in error_of({"seed": 1})
 

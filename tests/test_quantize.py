@@ -18,18 +18,20 @@ from autokd.quantize import (
     quantize,
 )
 from autokd.search import validate_against_registries
-from autokd.students import FAMILIES, build_student
+from autokd.students import FAMILIES, build_student, stem_for
 from autokd.train import TrainSettings, train
 
 BACKEND_NAMES = ["onnxruntime", "pt2e_x86"]
 # The torch-native backend compiles a graph per batch shape (seconds each): its tests are slow.
 BACKEND_PARAMS = [pytest.param("onnxruntime"), pytest.param("pt2e_x86", marks=pytest.mark.slow)]
-# (family, backend) pairs the backend claims; the others are rejected at load time (tested below).
+# (family, stem, backend) for the pairs the backend claims (the others are rejected at load time, tested
+# below): every family with the stem a 32-pixel study gives it, and with its own stem where that differs.
 CLAIMED = [
-    (family, backend)
+    (family, stem, backend)
     for backend in BACKEND_NAMES
     for family in FAMILIES.names()
     if family not in BACKENDS.get(backend).unsupported_families
+    for stem in dict.fromkeys([stem_for(family, 32), "imagenet"])
 ]
 
 
@@ -117,27 +119,31 @@ def digits():
 
 @pytest.fixture(scope="module")
 def deployed(digits):
-    """``deployed(family, backend)``: a digits-trained student, its INT8 and FP32 models (built once)."""
+    """``deployed(family, stem, backend)``: a digits-trained student, its INT8 and FP32 models (built once)."""
     students, models = {}, {}
 
-    def build(family: str, backend: str):
-        if family not in students:
+    def build(family: str, stem: str, backend: str):
+        if (family, stem) not in students:
             torch.manual_seed(0)
-            student = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1)
+            student = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1, stem=stem)
             train(student, digits.train_x, digits.train_y, TrainSettings(epochs=4, batch_size=64, lr=3e-3))
-            students[family] = student.eval()
-        if (family, backend) not in models:
+            students[family, stem] = student.eval()
+        if (family, stem, backend) not in models:
             calibration = calibration_batches(digits.train_x, 64, 8)
-            models[family, backend] = BACKENDS.get(backend).quantize_with_fp32(students[family], calibration)
-        return (students[family], *models[family, backend])
+            models[family, stem, backend] = BACKENDS.get(backend).quantize_with_fp32(
+                students[family, stem], calibration
+            )
+        return (students[family, stem], *models[family, stem, backend])
 
     return build
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "backend"), CLAIMED)
-def test_every_family_quantizes_and_runs_on_each_backend_that_claims_it(family, backend, deployed, digits):
-    student, int8, fp32 = deployed(family, backend)
+@pytest.mark.parametrize(("family", "stem", "backend"), CLAIMED)
+def test_every_family_quantizes_and_runs_on_each_backend_that_claims_it(
+    family, stem, backend, deployed, digits
+):
+    student, int8, fp32 = deployed(family, stem, backend)
     assert (int8.precision, fp32.precision) == ("int8", "fp32")
     for model in (int8, fp32):
         logits = predict(model, digits.test_x[:8])
@@ -146,9 +152,9 @@ def test_every_family_quantizes_and_runs_on_each_backend_that_claims_it(family, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "backend"), CLAIMED)
-def test_int8_agrees_with_fp32_on_trained_digits_students(family, backend, deployed, digits):
-    student, int8, _ = deployed(family, backend)
+@pytest.mark.parametrize(("family", "stem", "backend"), CLAIMED)
+def test_int8_agrees_with_fp32_on_trained_digits_students(family, stem, backend, deployed, digits):
+    student, int8, _ = deployed(family, stem, backend)
     with torch.no_grad():
         fp32_predictions = student(digits.test_x).argmax(1)
     assert (fp32_predictions == digits.test_y).float().mean() > 0.85, "the student should have learnt digits"

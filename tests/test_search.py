@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -15,7 +16,7 @@ from optuna.trial import TrialState
 
 from autokd.config import parse_study
 from autokd.search import JOURNAL, journal_storage, run_search, sample_config, trial_dir
-from autokd.trial import STUDENT_WEIGHTS
+from autokd.trial import STUDENT_WEIGHTS, TrialConfig
 from tests.conftest import write_study
 
 RAISING_PLUGIN = '''
@@ -250,6 +251,24 @@ def test_qat_is_a_searchable_choice(tiny_study):
     fixed.update(temperature=2.0, loss_weight=1.0)
     configs = [sample_config(optuna.trial.FixedTrial({**fixed, "qat": qat}), study) for qat in (False, True)]
     assert [c.qat for c in configs] == [False, True] and configs[1].qat_epochs == 1
+
+
+@pytest.mark.parametrize(
+    ("image_size", "choice", "stem"),
+    [(32, "auto", "small"), (96, "auto", "imagenet"), (32, "imagenet", "imagenet")],
+)
+def test_a_sampled_student_gets_the_stem_for_the_studys_images(tiny_study, image_size, choice, stem):
+    tiny_study["data"]["image_size"] = image_size
+    tiny_study["search_space"]["stem"] = choice
+    fixed = {"family": "resnet", "width": 0.2, "depth": 0.5, "method": "hinton_kd", "temperature": 2.0}
+    config = sample_config(optuna.trial.FixedTrial({**fixed, "loss_weight": 1.0}), parse_study(tiny_study))
+    assert config.stem == stem
+
+
+def test_a_config_stored_before_the_stem_choice_rebuilds_with_the_imagenet_stem():
+    stored = asdict(TrialConfig("resnet", 0.25, 0.5))
+    del stored["stem"]
+    assert TrialConfig.from_dict(stored).stem == "imagenet"
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autokd.students import FAMILIES, build_student, count_parameters
+from autokd.students import FAMILIES, build_student, count_parameters, stem_for
 from autokd.students.convnext import convnext_arguments
 from autokd.students.resnet import resnet_arguments
 
@@ -63,3 +63,60 @@ def test_mobilenetv3_width_reaches_the_model():
     half = build_student("mobilenetv3", 0.5, 1.0, num_classes=10, in_chans=1)
     full = build_student("mobilenetv3", 1.0, 1.0, num_classes=10, in_chans=1)
     assert half.blocks[-2][-1].conv_pwl.out_channels < full.blocks[-2][-1].conv_pwl.out_channels
+
+
+def test_resnet_with_the_small_image_stem_classifies_small_grey_images():
+    model = build_student("resnet", 0.125, 0.5, num_classes=7, in_chans=1, stem="small").eval()
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("family", ["convnext", "mobilenetv3"])
+def test_a_family_without_a_small_image_stem_refuses_one(family):
+    with pytest.raises(ValueError, match=f"stem: family '{family}' has no 'small' stem .*resnet"):
+        build_student(family, 0.125, 0.5, num_classes=7, in_chans=1, stem="small")
+
+
+def test_resnet_small_image_stem_is_one_3x3_stride_2_convolution_without_max_pool():
+    model = build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem="small")
+    assert (model.conv1.kernel_size, model.conv1.stride, model.conv1.in_channels) == ((3, 3), (2, 2), 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+
+
+def test_resnet_small_image_stem_doubles_the_resolution_the_stages_see():
+    images = torch.randn(2, 1, 32, 32)
+    sides = []
+    for stem in ("imagenet", "small"):
+        model = build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem=stem).eval()
+        _, (first_stage,) = model.forward_intermediates(images, indices=[1])
+        sides.append(first_stage.shape[-1])
+    assert sides == [8, 16]
+
+
+def test_resnet_small_image_stem_updates_the_feature_reductions():
+    model = build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem="small")
+    assert [info["reduction"] for info in model.feature_info] == [2, 2, 4, 8, 16]
+
+
+def test_resnet_imagenet_stem_is_timms_own():
+    model = build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem="imagenet")
+    assert model.conv1.kernel_size == (7, 7) and isinstance(model.maxpool, torch.nn.MaxPool2d)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "stem"), [(32, "small"), (64, "small"), (96, "imagenet"), (224, "imagenet")]
+)
+def test_auto_stem_follows_the_image_size(image_size, stem):
+    assert stem_for("resnet", image_size) == stem
+
+
+def test_an_explicit_stem_choice_overrides_the_image_size():
+    assert (stem_for("resnet", 32, "imagenet"), stem_for("resnet", 224, "small")) == ("imagenet", "small")
+
+
+def test_a_family_without_a_small_image_stem_keeps_its_own():
+    assert stem_for("convnext", 32) == stem_for("convnext", 32, "small") == "imagenet"
+
+
+def test_an_unknown_stem_is_refused_by_name():
+    with pytest.raises(ValueError, match="stem: 'tiny' is not one of imagenet, small"):
+        build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem="tiny")

@@ -1,7 +1,20 @@
 """ResNet (basic blocks, ResNet-18 reference): width scales the stages' ``channels``, depth their ``layers``.
 
 timm's default 7×7 stem stays 64 channels wide whatever ``stem_width`` says (only its deep stems read
-it), so the mapping leaves the stem alone.
+it), so the mapping leaves the stem's width alone.
+
+Two stems (``stem``):
+
+- ``"imagenet"``: timm's own, a 7×7 stride-2 convolution and a stride-2 max-pool. Built for 224-pixel
+  images, it shrinks a 32-pixel image to 8×8 before the first stage.
+- ``"small"``: a 3×3 stride-2 convolution (still 64 channels) and no max-pool, so the stages see twice
+  the resolution (16×16 at 32 pixels), the usual adaptation of ImageNet ResNets to small images.
+
+On 32-pixel Fashion-MNIST the small stem matched or beat the ImageNet stem's accuracy (0.8474 against
+0.8469 at width 0.125, 0.8638 against 0.8528 at width 0.25; depth 0.5, 3 epochs on 12,000 images), and
+it is what makes torch-native INT8 pay off on small students: the ImageNet stem's 7×7 convolution of a
+one-channel image is the largest layer of a narrow student and the one INT8 kernels speed up least
+(docs/quantization.md has the measurements).
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from autokd.students import register_family, scale_channels, scale_depth
 
 REFERENCE_LAYERS = (2, 2, 2, 2)
 REFERENCE_CHANNELS = (64, 128, 256, 512)
+STEM_CHANNELS = 64  # timm's ResNet-18 stem; the first stage's downsample maps it to the scaled width
 
 
 def resnet_arguments(width: float, depth: float) -> dict:
@@ -23,13 +37,27 @@ def resnet_arguments(width: float, depth: float) -> dict:
     }
 
 
-@register_family("resnet")
-def resnet(width: float, depth: float, *, num_classes: int, in_chans: int) -> nn.Module:
-    """ResNet-18 scaled by width and depth."""
-    return timm.create_model(
+def use_small_image_stem(model: nn.Module, in_chans: int) -> nn.Module:
+    """Swap timm's 7×7 stride-2 stem convolution and max-pool for one 3×3 stride-2 convolution."""
+    model.conv1 = nn.Conv2d(in_chans, STEM_CHANNELS, kernel_size=3, stride=2, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # timm's conv init
+    model.maxpool = nn.Identity()
+    for info in model.feature_info:  # the stages now sit one stride-2 step closer to the input
+        if info["module"] != "act1":
+            info["reduction"] //= 2
+    return model
+
+
+@register_family("resnet", small_stem=True)
+def resnet(
+    width: float, depth: float, *, num_classes: int, in_chans: int, stem: str = "imagenet"
+) -> nn.Module:
+    """ResNet-18 scaled by width and depth, with the ``stem`` named (see the module docstring)."""
+    model = timm.create_model(
         "resnet18",
         pretrained=False,
         num_classes=num_classes,
         in_chans=in_chans,
         **resnet_arguments(width, depth),
     )
+    return use_small_image_stem(model, in_chans) if stem == "small" else model
