@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from autokd.pareto import OBJECTIVES, hypervolume, pareto_mask
 from autokd.quantize import AGREEMENT_THRESHOLD
 from autokd.storage import load_run_study
+from autokd.students import SMALL_STEM_FAMILIES
 
 DEFINITIONS = """\
 - **accuracy retention** = top-1 of the INT8 student on the test split / top-1 of the FP32 teacher on the same split.
@@ -70,7 +71,8 @@ def load_results(run_dir: Path) -> StudyResults:
         if "method" not in row:
             row["method"] = None
         if "config" in attrs:  # trials stored before the stem choice were built with timm's own stem
-            row["stem"] = attrs["config"].get("stem", "imagenet")
+            stem = attrs["config"].get("stem", "imagenet")
+            row["stem"] = stem if attrs["config"].get("family") in SMALL_STEM_FAMILIES else "own"
         for key, value in attrs.items():
             if key in ("config", "latency", "latency_fp32", "val_accuracy_per_epoch"):
                 continue

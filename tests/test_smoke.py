@@ -61,6 +61,15 @@ def test_summary_has_teacher_hypervolume_and_definitions(smoke_run):
 
 
 @pytest.mark.slow
+def test_report_names_the_stem_each_student_was_built_with(smoke_run):
+    _, root = smoke_run
+    trials = pd.read_csv(root / "reports" / "smoke" / "trials.csv")
+    stems = dict(zip(trials["family"], trials["stem"], strict=False))
+    # the smoke study's 32-pixel digits give ResNet its small-image stem; ConvNeXt has only its own
+    assert stems == {"resnet": "small", "convnext": "own"}
+
+
+@pytest.mark.slow
 def test_html_report_is_self_contained_plotly(smoke_run):
     _, root = smoke_run
     page = (root / "reports" / "smoke" / "index.html").read_text()
