@@ -31,8 +31,8 @@ from autokd.quantize import (
 )
 from autokd.search import load_study_data, trial_dir
 from autokd.storage import load_run_study
-from autokd.students import build_student, count_parameters
-from autokd.trial import STUDENT_WEIGHTS, TrialConfig
+from autokd.students import count_parameters
+from autokd.trial import STUDENT_WEIGHTS, TrialConfig, new_student
 
 MODEL_CARD = "model_card.json"
 EXPORTS_DIR = "exports"
@@ -113,14 +113,7 @@ def export_trial(
         raise ExportError(f"backend '{backend.name}' has no artifact format")
 
     data = load_study_data(study)
-    student = build_student(
-        config.family,
-        config.width,
-        config.depth,
-        num_classes=data.num_classes,
-        in_chans=data.in_chans,
-        stem=config.stem,
-    )
+    student = new_student(config, data)
     student.load_state_dict(torch.load(weights, weights_only=True))
     student.eval()
     calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)

@@ -68,6 +68,18 @@ class TrialConfig:
         return cls(**{**values, "methods": tuple(values["methods"])})
 
 
+def new_student(config: TrialConfig, data: DataSplits) -> nn.Module:
+    """The randomly initialised student ``config`` describes, shaped for ``data``'s images and classes."""
+    return build_student(
+        config.family,
+        config.width,
+        config.depth,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        stem=config.stem,
+    )
+
+
 @dataclass(frozen=True)
 class TeacherReference:
     """What a trial needs of the teacher: its outputs (cached or live) and its FP32 figures."""
@@ -143,14 +155,7 @@ def measure_untrained(
     already measured without paying for its training.
     """
     torch.manual_seed(config.seed)
-    student = build_student(
-        config.family,
-        config.width,
-        config.depth,
-        num_classes=data.num_classes,
-        in_chans=data.in_chans,
-        stem=config.stem,
-    ).eval()
+    student = new_student(config, data).eval()
     calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
     int8_model = BACKENDS.get(config.quantization_backend).quantize(student, calibration)
     latency = measure_deployed_latency(int8_model, config, data, latency_lock)
@@ -181,14 +186,7 @@ def run_trial(
     wall_start = time.perf_counter()
     torch.manual_seed(config.seed)
     backend = BACKENDS.get(config.quantization_backend)
-    student = build_student(
-        config.family,
-        config.width,
-        config.depth,
-        num_classes=data.num_classes,
-        in_chans=data.in_chans,
-        stem=config.stem,
-    )
+    student = new_student(config, data)
     plugins = build_plugins(config, student, teacher.model, data.num_classes)
     qat_epochs = config.qat_epochs if config.qat else 0
     if qat_epochs >= config.epochs:

@@ -19,7 +19,7 @@ import torch
 from autokd.config import load_study_file
 from autokd.distill import load_plugins
 from autokd.search import load_study_data
-from autokd.students import build_student, stem_for
+from autokd.students import STEM_CHOICES, build_student, stem_for
 from autokd.teacher import prepare_teacher
 from autokd.teacher_cache import build_teacher_outputs
 from autokd.train import TrainSettings, evaluate, train
@@ -41,10 +41,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--depth", type=float, default=0.5)
     parser.add_argument(
-        "--stem",
-        choices=["auto", "imagenet", "small"],
-        default="auto",
-        help="ResNet input stem (auto: small for images of at most 64 pixels)",
+        "--stem", choices=STEM_CHOICES, default="auto", help="ResNet stem, as search_space.stem"
     )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--temperature", type=float, default=4.0)

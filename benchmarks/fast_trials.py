@@ -30,12 +30,20 @@ from autokd.distill import PLUGINS, load_plugins
 from autokd.pareto import OBJECTIVES, hypervolume
 from autokd.report import load_results
 from autokd.search import load_study_data, run_search
-from autokd.students import build_student, stem_for
+from autokd.students import STEM_CHOICES, build_student, stem_for
 from autokd.teacher import prepare_teacher
 from autokd.teacher_cache import build_teacher_outputs
 from autokd.train import TrainSettings, WeightedPlugin, train
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def benchmark_student(args, data) -> torch.nn.Module:
+    """The student every part of this benchmark trains: --family/--width/--depth/--stem on the study's data."""
+    stem = stem_for(args.family, data.image_size, args.stem)
+    return build_student(
+        args.family, args.width, args.depth, num_classes=data.num_classes, in_chans=data.in_chans, stem=stem
+    )
 
 
 def epoch_seconds(args, study, data, teacher) -> None:
@@ -53,14 +61,7 @@ def epoch_seconds(args, study, data, teacher) -> None:
     # Rounds interleave the three so that a slow spell on a shared machine hits them alike; best of each.
     for _round, (label, outputs) in itertools.product(range(args.rounds), configs):
         torch.manual_seed(0)
-        student = build_student(
-            args.family,
-            args.width,
-            args.depth,
-            num_classes=data.num_classes,
-            in_chans=data.in_chans,
-            stem=stem_for(args.family, data.image_size, args.stem),
-        )
+        student = benchmark_student(args, data)
         plugins = [WeightedPlugin(PLUGINS.get("hinton_kd")(), 1.0)] if outputs is not None else []
         start = time.perf_counter()
         train(
@@ -85,14 +86,7 @@ def throughput(args, study, data) -> None:
 
     def bare() -> float:
         torch.manual_seed(0)
-        model = build_student(
-            args.family,
-            args.width,
-            args.depth,
-            num_classes=data.num_classes,
-            in_chans=data.in_chans,
-            stem=stem_for(args.family, data.image_size, args.stem),
-        )
+        model = benchmark_student(args, data)
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         steps = -(-len(data.train_x) // settings.batch_size) * settings.epochs
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -113,14 +107,7 @@ def throughput(args, study, data) -> None:
 
     def ours() -> float:
         torch.manual_seed(0)
-        model = build_student(
-            args.family,
-            args.width,
-            args.depth,
-            num_classes=data.num_classes,
-            in_chans=data.in_chans,
-            stem=stem_for(args.family, data.image_size, args.stem),
-        )
+        model = benchmark_student(args, data)
         start = time.perf_counter()
         train(model, data.train_x, data.train_y, settings)
         return time.perf_counter() - start
@@ -196,10 +183,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--depth", type=float, default=0.5)
     parser.add_argument(
-        "--stem",
-        choices=["auto", "imagenet", "small"],
-        default="auto",
-        help="ResNet input stem (auto: small for images of at most 64 pixels)",
+        "--stem", choices=STEM_CHOICES, default="auto", help="ResNet stem, as search_space.stem"
     )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repeats in (a); the best counts")

@@ -28,7 +28,7 @@ from autokd.data import load_splits  # noqa: E402
 from autokd.measure import cpu_model, latency_example, measure_latency  # noqa: E402
 from autokd.quantize import AGREEMENT_THRESHOLD, BACKENDS, calibration_batches, predict  # noqa: E402
 from autokd.quantize.qat import copy_weights_back, prepare_qat  # noqa: E402
-from autokd.students import build_student, count_parameters, stem_for  # noqa: E402
+from autokd.students import STEM_CHOICES, build_student, count_parameters, stem_for  # noqa: E402
 from autokd.train import TrainSettings, predict_logits, train  # noqa: E402
 
 
@@ -46,10 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--depth", type=float, default=0.5)
     parser.add_argument(
-        "--stem",
-        choices=["auto", "imagenet", "small"],
-        default="auto",
-        help="ResNet input stem (auto: small for images of at most 64 pixels)",
+        "--stem", choices=STEM_CHOICES, default="auto", help="ResNet stem, as search_space.stem"
     )
     parser.add_argument("--calibration-batches", type=int, default=8)
     parser.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 64])

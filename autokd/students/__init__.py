@@ -24,6 +24,7 @@ FAMILIES: Registry[FamilyBuilder] = Registry("student family")
 STEMS = ("imagenet", "small")
 SMALL_IMAGE_MAX = 64
 SMALL_STEM_FAMILIES: set[str] = set()
+STEM_CHOICES = ("auto", *STEMS)  # what a study (and the benchmarks' --stem) may ask for
 
 
 def stem_for(family: str, image_size: int, choice: str = "auto") -> str:
@@ -32,8 +33,8 @@ def stem_for(family: str, image_size: int, choice: str = "auto") -> str:
     ``auto`` means the small-image stem up to :data:`SMALL_IMAGE_MAX` pixels; a family without one
     always gets its own (``imagenet``).
     """
-    if choice not in ("auto", *STEMS):
-        raise ValueError(f"stem: '{choice}' is not one of auto, {', '.join(STEMS)}")
+    if choice not in STEM_CHOICES:
+        raise ValueError(f"stem: '{choice}' is not one of {', '.join(STEM_CHOICES)}")
     if family not in SMALL_STEM_FAMILIES:
         return "imagenet"
     if choice == "auto":
