@@ -8,7 +8,7 @@ from pathlib import Path
 
 from autokd.config import StudyFileError, load_study_file
 from autokd.data import DatasetUnavailableError
-from autokd.distill import PluginLoadError
+from autokd.methods import ExtensionLoadError
 from autokd.export import ExportError
 from autokd.plugin_cli import add_plugin_commands
 from autokd.quantize import QuantizationError
@@ -24,7 +24,7 @@ class UsageError(ValueError):
 USER_ERRORS = (
     StudyFileError,
     DatasetUnavailableError,
-    PluginLoadError,
+    ExtensionLoadError,
     RegistryError,
     ReportError,
     ExportError,

@@ -10,7 +10,7 @@ import argparse
 import inspect
 from pathlib import Path
 
-from autokd.distill import PLUGINS, DistillationPlugin, Hyperparameter, load_plugins
+from autokd.methods import METHODS, Method, Hyperparameter, load_methods
 
 
 def add_plugin_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -35,10 +35,10 @@ def _load(study: Path | None) -> None:
         from autokd.config import load_study_file
 
         paths = load_study_file(study).plugin_paths(study)
-    load_plugins(paths)
+    load_methods(paths)
 
 
-def describe_needs(cls: type[DistillationPlugin]) -> str:
+def describe_needs(cls: type[Method]) -> str:
     """What a plugin needs from the forward passes, e.g. ``teacher logits, stages -2,-1``.
 
     Stages are of both models, or ``student stages`` when the plugin reads no teacher features.
@@ -61,8 +61,8 @@ def describe_hyperparameter(name: str, spec: Hyperparameter) -> str:
 def _list(args: argparse.Namespace) -> int:
     _load(args.study)
     rows = [("NAME", "KIND", "NEEDS", "HYPERPARAMETERS (default [low, high])")]
-    for name in PLUGINS.names():
-        cls = PLUGINS.get(name)
+    for name in METHODS.names():
+        cls = METHODS.get(name)
         hps = "; ".join(describe_hyperparameter(k, s) for k, s in cls.hyperparameters.items()) or "-"
         rows.append((name, cls.kind, describe_needs(cls), hps))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -74,11 +74,11 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     _load(args.study)
-    cls = PLUGINS.get(args.name)  # RegistryError (unknown name) becomes exit 2 in autokd.cli.main
+    cls = METHODS.get(args.name)  # RegistryError (unknown name) becomes exit 2 in autokd.cli.main
     print(f"name:        {args.name}")
     print(f"kind:        {cls.kind}")
     print(f"needs:       {describe_needs(cls)}")
-    print(f"loaded from: {PLUGINS.origin(args.name)}")
+    print(f"loaded from: {METHODS.origin(args.name)}")
     if cls.hyperparameters:
         print(f"hyperparameters (searched as {args.name}.<name>):")
         for key, spec in cls.hyperparameters.items():
@@ -86,7 +86,7 @@ def _show(args: argparse.Namespace) -> int:
     else:
         print("hyperparameters: none")
     print()
-    # The class's own docstring: inspect.getdoc would fall back to DistillationPlugin's.
+    # The class's own docstring: inspect.getdoc would fall back to Method's.
     own = cls.__dict__.get("__doc__")
     print(inspect.cleandoc(own) if own else "(no docstring)")
     return 0

@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 
 from autokd.config import Study
 from autokd.data import DataSplits
-from autokd.distill import load_plugins
+from autokd.methods import load_methods
 from autokd.measure import machine_latency_lock
 from autokd.pareto import DIRECTIONS, OBJECTIVES
 from autokd.search import (
@@ -117,7 +117,7 @@ def ray_trial(
             tune.report({VAL_ACCURACY: val_accuracy, "epoch": epoch})
 
     try:
-        load_plugins(plugin_paths)  # registries are per process (loading twice is a no-op)
+        load_methods(plugin_paths)  # registries are per process (loading twice is a no-op)
         result = run_trial(
             trial_config,
             data,

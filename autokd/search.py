@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from autokd.config import Study, StudyFileError
 from autokd.data import DataSplits, load_splits
-from autokd.distill import PLUGINS, load_plugins
+from autokd.methods import METHODS, load_methods
 from autokd.early_stopping import TrialStopped, should_stop
 from autokd.features import feature_stage_indices
 from autokd.measure import MEASUREMENT_POLICY, latency_example, machine_latency_lock, measure_latency
@@ -91,8 +91,8 @@ def validate_against_registries(study: Study) -> None:
             )
     for i, choice in enumerate(study.search_space.methods):
         for name in methods_of(choice):
-            if name not in PLUGINS:
-                allowed = ", ".join([NO_DISTILLATION, *PLUGINS.names()])
+            if name not in METHODS:
+                allowed = ", ".join([NO_DISTILLATION, *METHODS.names()])
                 raise StudyFileError(
                     f"field 'search_space.methods.{i}' = {choice!r}: unknown method {name!r}; allowed: {allowed} "
                     "(combine with '+')"
@@ -125,7 +125,7 @@ def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
     for name in methods:
         plugin_params[name] = {
             key: trial.suggest_float(f"{name}.{key}", spec.low, spec.high, log=spec.log)
-            for key, spec in PLUGINS.get(name).hyperparameters.items()
+            for key, spec in METHODS.get(name).hyperparameters.items()
         }
     qat_choices = study.quantization.qat_choices
     qat = trial.suggest_categorical("qat", qat_choices) if len(qat_choices) > 1 else qat_choices[0]
@@ -245,7 +245,7 @@ def teacher_stages_needed(study: Study, teacher_model: torch.nn.Module) -> list[
     stages: set[int] = set()
     for choice in study.search_space.methods:
         for name in methods_of(choice):
-            plugin = PLUGINS.get(name)
+            plugin = METHODS.get(name)
             if plugin.needs_features and plugin.needs_teacher_features:
                 stages.update(feature_stage_indices(teacher_model, plugin.needs_features))
     return sorted(stages)
@@ -275,7 +275,7 @@ def prepare_resources(
 ) -> Resources:
     """Load plugins and data, get the teacher (trained once, then read from disk) and its output cache."""
     plugin_paths = study.plugin_paths(study_path)
-    load_plugins(plugin_paths)
+    load_methods(plugin_paths)
     validate_against_registries(study)
     torch.set_num_threads(threads or study.training.threads or os.cpu_count() or 1)
     # Failed trials are reported on one line each (with the `error` attribute); Optuna's own warning

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autokd.augment import CropFlip
-from autokd.distill import DistillationPlugin, DistillInputs
+from autokd.methods import Method, DistillInputs
 from autokd.features import feature_stage_indices, forward_with_features
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class TrainSettings:
 class WeightedPlugin:
     """A plugin instance and the weight of its loss next to the task loss."""
 
-    plugin: DistillationPlugin
+    plugin: Method
     weight: float
 
 

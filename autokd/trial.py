@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from autokd.data import DataSplits
-from autokd.distill import PLUGINS, ModelInfo
+from autokd.methods import METHODS, ModelInfo
 from autokd.features import feature_stage_indices
 from autokd.measure import Latency, SharedCores, latency_example, measure_latency
 from autokd.quantize import (
@@ -109,7 +109,7 @@ def build_plugins(
     """Instantiate the trial's plugins with their sampled hyperparameters and adapters sized for both models."""
     entries = []
     for name in config.methods:
-        cls = PLUGINS.get(name)
+        cls = METHODS.get(name)
         stages = list(cls.needs_features)
         plugin = cls(
             _model_info(student, stages, num_classes),

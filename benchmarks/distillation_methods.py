@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from autokd.config import load_study_file
-from autokd.distill import load_plugins
+from autokd.methods import load_methods
 from autokd.search import load_study_data
 from autokd.students import STEM_CHOICES, build_student, stem_for
 from autokd.teacher import prepare_teacher
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(torch.get_num_threads())
-    load_plugins()
+    load_methods()
     study = load_study_file(args.study)
     data = load_study_data(study)
     teacher = prepare_teacher(study, data, args.runs_dir)
@@ -114,10 +114,10 @@ def main() -> None:
 
 
 def _teacher_stages(method: str, model: torch.nn.Module) -> list[int]:
-    from autokd.distill import PLUGINS
+    from autokd.methods import METHODS
     from autokd.features import feature_stage_indices
 
-    return feature_stage_indices(model, PLUGINS.get(method).needs_features)
+    return feature_stage_indices(model, METHODS.get(method).needs_features)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from autokd.config import load_study_file
-from autokd.distill import PLUGINS, load_plugins
+from autokd.methods import METHODS, load_methods
 from autokd.pareto import OBJECTIVES, hypervolume
 from autokd.report import load_results
 from autokd.search import load_study_data, run_search
@@ -62,7 +62,7 @@ def epoch_seconds(args, study, data, teacher) -> None:
     for _round, (label, outputs) in itertools.product(range(args.rounds), configs):
         torch.manual_seed(0)
         student = benchmark_student(args, data)
-        plugins = [WeightedPlugin(PLUGINS.get("hinton_kd")(), 1.0)] if outputs is not None else []
+        plugins = [WeightedPlugin(METHODS.get("hinton_kd")(), 1.0)] if outputs is not None else []
         start = time.perf_counter()
         train(
             student, data.train_x, data.train_y, settings, plugins=plugins, temperature=4.0, teacher=outputs
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--skip-sampler", action="store_true", help="skip (d), the slow part")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    load_plugins()
+    load_methods()
     study = load_study_file(args.study)
     data = load_study_data(study)
     teacher = prepare_teacher(study, data, Path(args.runs_dir), log=lambda _: None)

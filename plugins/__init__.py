@@ -1,1 +1,5 @@
-"""Built-in distillation plugins: every module here is imported by autokd and registers its classes."""
+"""autokd's built-in distillation methods, one file each, installed as ``autokd.methods.builtin``.
+
+Every module here not starting with ``_`` is imported the first time the method registry is used, and
+registers its classes with ``@register_method``. Adding a method is adding a file.
+"""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, register_plugin
-from plugins._shapes import deepest_pairs
+from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
+from autokd.methods.builtin._shapes import deepest_pairs
 
 _P = 2  # the paper's choice of exponent for the attention maps
 
 
-@register_plugin("attention_transfer")
-class AttentionTransfer(DistillationPlugin):
+@register_method("attention_transfer")
+class AttentionTransfer(Method):
     """Attention transfer (feature kind): match L2-normalised spatial attention maps of the last 3 stages.
 
     Zagoruyko & Komodakis, "Paying More Attention to Attention: Improving the Performance of

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, register_plugin
+from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
 
 _EPS = 1e-12
 
 
-@register_plugin("dist")
-class DIST(DistillationPlugin):
+@register_method("dist")
+class DIST(Method):
     """DIST (response kind): match Pearson correlations of class probabilities, not the probabilities.
 
     Huang, You, Wang, Qian & Xu, "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022.

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, register_plugin
+from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
 
 # Subtracted from the target logit (after dividing by T) to drop the target class from a softmax, as in
 # the authors' code: exp(-1000) is exactly 0 in float32, so the result is the softmax over the others.
 _MASK_VALUE = 1000.0
 
 
-@register_plugin("dkd")
-class DKD(DistillationPlugin):
+@register_method("dkd")
+class DKD(Method):
     """Decoupled KD (response kind): ``alpha · TCKD + beta · NCKD``, each a KL(teacher ‖ student) × T².
 
     Zhao, Cui, Song, Qiu & Liang, "Decoupled Knowledge Distillation", CVPR 2022.

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, ModelInfo, register_plugin
-from plugins._shapes import matched_spatial
+from autokd.methods import Method, DistillInputs, Hyperparameter, ModelInfo, register_method
+from autokd.methods.builtin._shapes import matched_spatial
 
 
-@register_plugin("fitnets")
-class FitNets(DistillationPlugin):
+@register_method("fitnets")
+class FitNets(Method):
     """FitNets hints (feature kind): a learned 1×1 conv maps the student's map onto the teacher's; MSE.
 
     Romero, Ballas, Kahou, Chassang, Gatta & Bengio, "FitNets: Hints for Thin Deep Nets", ICLR 2015.

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.distill import DistillationPlugin, DistillInputs, register_plugin
+from autokd.methods import Method, DistillInputs, register_method
 
 
-@register_plugin("hinton_kd")
-class HintonKD(DistillationPlugin):
+@register_method("hinton_kd")
+class HintonKD(Method):
     """Response distillation: KL(teacher ‖ student) between temperature-softened distributions, × T².
 
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531 (2015).

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, register_plugin
-from plugins._shapes import deepest_pairs, matched_spatial
+from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
+from autokd.methods.builtin._shapes import deepest_pairs, matched_spatial
 
 
-@register_plugin("nst")
-class NST(DistillationPlugin):
+@register_method("nst")
+class NST(Method):
     """Neuron selectivity transfer (feature kind): MMD² between the two sets of channel activation patterns.
 
     Huang & Wang, "Like What You Like: Knowledge Distill via Neuron Selectivity Transfer",

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, register_plugin
-from plugins._shapes import pooled
+from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
+from autokd.methods.builtin._shapes import pooled
 
 _EPS = 1e-7
 
 
-@register_plugin("pkt")
-class PKT(DistillationPlugin):
+@register_method("pkt")
+class PKT(Method):
     """Probabilistic knowledge transfer (relation kind): KL between cosine-similarity neighbour distributions.
 
     Passalis & Tefas, "Learning Deep Representations with Probabilistic Knowledge Transfer", ECCV 2018.

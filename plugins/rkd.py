@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, register_plugin
-from plugins._shapes import pooled
+from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
+from autokd.methods.builtin._shapes import pooled
 
 _EPS = 1e-12
 
 
-@register_plugin("rkd")
-class RKD(DistillationPlugin):
+@register_method("rkd")
+class RKD(Method):
     """Relational KD (relation kind): match pairwise distances and triplet angles of the batch's embeddings.
 
     Park, Kim, Lu & Cho, "Relational Knowledge Distillation", CVPR 2019.

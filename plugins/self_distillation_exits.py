@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, ModelInfo, register_plugin
+from autokd.methods import Method, DistillInputs, Hyperparameter, ModelInfo, register_method
 
 
-@register_plugin("self_distillation_exits")
-class SelfDistillationExits(DistillationPlugin):
+@register_method("self_distillation_exits")
+class SelfDistillationExits(Method):
     """Self distillation with auxiliary exits (self kind): shallow stages learn from labels and the final output.
 
     Zhang, Song, Gao, Chen, Bao & Ma, "Be Your Own Teacher: Improve the Performance of Convolutional

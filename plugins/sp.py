@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, register_plugin
+from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
 
 
-@register_plugin("sp")
-class SimilarityPreserving(DistillationPlugin):
+@register_method("sp")
+class SimilarityPreserving(Method):
     """Similarity-preserving KD (relation kind): match the batch's normalised activation similarity matrices.
 
     Tung & Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019.

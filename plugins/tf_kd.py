@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.distill import DistillationPlugin, DistillInputs, Hyperparameter, register_plugin
+from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
 
 
-@register_plugin("tf_kd")
-class TeacherFreeKD(DistillationPlugin):
+@register_method("tf_kd")
+class TeacherFreeKD(Method):
     """Teacher-free KD, Tf-KD_reg (self kind): distil from a hand-made teacher that is always right.
 
     Yuan, Tay, Li, Wang & Feng, "Revisiting Knowledge Distillation via Label Smoothing Regularization",

@@ -18,7 +18,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
 
-from autokd.distill import PLUGINS, load_builtin_plugins
+from autokd.registry import USER_MODULE_PREFIX, registries
 
 # A study small enough for tests: digits, a small teacher, one-epoch tiny students.
 TINY_STUDY = {
@@ -55,20 +55,17 @@ def tiny_study() -> dict:
 
 
 # Modules that tests create and import; anything else newly imported stays loaded.
-TEST_MODULE_PREFIXES = ("autokd_user_plugins.", "plugins.autokd_test_", "autokd_test_")
+TEST_MODULE_PREFIXES = (f"{USER_MODULE_PREFIX}.", "autokd.methods.builtin.autokd_test_", "autokd_test_")
 
 
 @pytest.fixture
 def clean_registry():
-    """Restore the plugin registry and drop the plugin modules a test imported, afterwards."""
-    load_builtin_plugins()  # snapshot with the built-ins in, or they would vanish for later tests
-    items, origins = dict(PLUGINS._items), dict(PLUGINS._origins)
+    """Restore every registry and drop the extension modules a test imported, afterwards."""
+    snapshots = [(registry, registry.snapshot()) for registry in registries()]
     modules = set(sys.modules)
     yield
-    PLUGINS._items.clear()
-    PLUGINS._items.update(items)
-    PLUGINS._origins.clear()
-    PLUGINS._origins.update(origins)
+    for registry, snapshot in snapshots:
+        registry.restore(snapshot)
     for name in set(sys.modules) - modules:
         if name.startswith(TEST_MODULE_PREFIXES):
             del sys.modules[name]

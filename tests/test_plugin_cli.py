@@ -10,16 +10,16 @@ import pytest
 import yaml
 
 from autokd.cli import main
-from autokd.distill import PLUGINS
+from autokd.methods import METHODS
 from tests.test_plugins import BUILTIN as BUILTIN_KINDS
 
 STUDY_PLUGIN = textwrap.dedent(
     '''
-    from autokd.distill import DistillationPlugin, Hyperparameter, register_plugin
+    from autokd.methods import Method, Hyperparameter, register_method
 
 
-    @register_plugin("cli_study_demo")
-    class CliStudyDemo(DistillationPlugin):
+    @register_method("cli_study_demo")
+    class CliStudyDemo(Method):
         """A plugin named by a study file (relation kind)."""
 
         kind = "relation"
@@ -91,7 +91,7 @@ def test_show_prints_the_docstring_defaults_and_origin(capsys):
     code, out, _ = run(capsys, "show", "rkd")
     assert code == 0
     assert "kind:        relation" in out
-    assert f"loaded from: {PLUGINS.origin('rkd')}" in out
+    assert f"loaded from: {METHODS.origin('rkd')}" in out
     assert "distance_weight=25 [1, 100, log]" in out
     assert "angle_weight=50 [2, 200, log]" in out
     assert "Park, Kim, Lu & Cho" in out

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import plugins
-from autokd.distill import (
-    PLUGINS,
+import autokd.methods.builtin as plugins
+from autokd.methods import (
+    METHODS,
     DistillInputs,
     ModelInfo,
-    PluginLoadError,
+    ExtensionLoadError,
     load_builtin_plugins,
     load_entry_point_plugins,
     load_plugin_paths,
@@ -28,11 +28,11 @@ def plugin_source(name: str, extra: str = "") -> str:
     """A minimal plugin module registering ``name``; ``extra`` is appended at module level."""
     return textwrap.dedent(
         f'''
-        from autokd.distill import DistillationPlugin, register_plugin
+        from autokd.methods import Method, register_method
 
 
-        @register_plugin("{name}")
-        class Demo(DistillationPlugin):
+        @register_method("{name}")
+        class Demo(Method):
             """A throwaway plugin (response kind)."""
 
             kind = "response"
@@ -59,21 +59,21 @@ def test_module_in_the_builtin_plugins_folder_is_registered(tmp_path, monkeypatc
     write(tmp_path / "autokd_test_builtin.py", plugin_source("test_builtin_demo"))
     monkeypatch.setattr(plugins, "__path__", [*plugins.__path__, str(tmp_path)])
     load_builtin_plugins()
-    assert PLUGINS.get("test_builtin_demo").kind == "response"
-    assert Path(PLUGINS.origin("test_builtin_demo")) == tmp_path / "autokd_test_builtin.py"
+    assert METHODS.get("test_builtin_demo").kind == "response"
+    assert Path(METHODS.origin("test_builtin_demo")) == tmp_path / "autokd_test_builtin.py"
 
 
 def test_broken_module_in_the_builtin_plugins_folder_names_the_module(tmp_path, monkeypatch):
     write(tmp_path / "autokd_test_broken.py", "raise RuntimeError('boom')\n")
     monkeypatch.setattr(plugins, "__path__", [*plugins.__path__, str(tmp_path)])
-    with pytest.raises(PluginLoadError, match=r"plugins\.autokd_test_broken.*RuntimeError: boom"):
+    with pytest.raises(ExtensionLoadError, match=r"plugins\.autokd_test_broken.*RuntimeError: boom"):
         load_builtin_plugins()
 
 
 def test_broken_module_in_an_added_plugins_folder_names_its_own_file(tmp_path, monkeypatch):
     write(tmp_path / "autokd_test_broken_path.py", "raise RuntimeError('boom')\n")
     monkeypatch.setattr(plugins, "__path__", [*plugins.__path__, str(tmp_path)])
-    with pytest.raises(PluginLoadError) as error:
+    with pytest.raises(ExtensionLoadError) as error:
         load_builtin_plugins()
     assert str(tmp_path / "autokd_test_broken_path.py") in str(error.value)
 
@@ -84,8 +84,8 @@ def test_broken_module_in_an_added_plugins_folder_names_its_own_file(tmp_path, m
 def test_plugin_file_path_is_registered(tmp_path):
     file = write(tmp_path / "one.py", plugin_source("test_file_demo"))
     load_plugin_paths([file])
-    assert "test_file_demo" in PLUGINS
-    assert Path(PLUGINS.origin("test_file_demo")) == file.resolve()
+    assert "test_file_demo" in METHODS
+    assert Path(METHODS.origin("test_file_demo")) == file.resolve()
 
 
 def test_plugin_folder_path_registers_every_public_file(tmp_path):
@@ -95,18 +95,18 @@ def test_plugin_folder_path_registers_every_public_file(tmp_path):
         tmp_path / "folder" / "_private.py", "raise RuntimeError('files starting with _ are not imported')\n"
     )
     load_plugin_paths([str(tmp_path / "folder")])
-    assert {"test_folder_a", "test_folder_b"} <= set(PLUGINS.names())
+    assert {"test_folder_a", "test_folder_b"} <= set(METHODS.names())
 
 
 def test_loading_the_same_file_twice_is_harmless(tmp_path):
     file = write(tmp_path / "twice.py", plugin_source("test_twice_demo"))
     load_plugin_paths([file])
     load_plugin_paths([file])
-    assert "test_twice_demo" in PLUGINS
+    assert "test_twice_demo" in METHODS
 
 
 def test_missing_plugin_path_is_an_error(tmp_path):
-    with pytest.raises(PluginLoadError, match="does not exist"):
+    with pytest.raises(ExtensionLoadError, match="does not exist"):
         load_plugin_paths([tmp_path / "nowhere.py"])
 
 
@@ -125,14 +125,14 @@ def test_entry_point_plugin_is_registered(tmp_path, monkeypatch):
     make_distribution(tmp_path, "autokd_test_entry", "entry_demo", plugin_source("test_entry_demo"))
     monkeypatch.syspath_prepend(str(tmp_path))
     load_entry_point_plugins()
-    assert "test_entry_demo" in PLUGINS
-    assert Path(PLUGINS.origin("test_entry_demo")) == tmp_path / "autokd_test_entry.py"
+    assert "test_entry_demo" in METHODS
+    assert Path(METHODS.origin("test_entry_demo")) == tmp_path / "autokd_test_entry.py"
 
 
 def test_broken_entry_point_names_the_entry_point(tmp_path, monkeypatch):
     make_distribution(tmp_path, "autokd_test_entry_broken", "broken_demo", "raise RuntimeError('boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginLoadError, match=r"entry point 'broken_demo' \(autokd_test_entry_broken\)"):
+    with pytest.raises(ExtensionLoadError, match=r"entry point 'broken_demo' \(autokd_test_entry_broken\)"):
         load_entry_point_plugins()
 
 
@@ -142,7 +142,7 @@ def test_broken_entry_point_names_the_entry_point(tmp_path, monkeypatch):
 def test_name_clash_between_two_files_names_both_files(tmp_path):
     first = write(tmp_path / "clash" / "first.py", plugin_source("test_clash_demo"))
     second = write(tmp_path / "clash" / "second.py", plugin_source("test_clash_demo"))
-    with pytest.raises(PluginLoadError) as error:
+    with pytest.raises(ExtensionLoadError) as error:
         load_plugin_paths([tmp_path / "clash"])
     message = str(error.value)
     assert f"plugin file {second.resolve()}" in message
@@ -153,7 +153,7 @@ def test_name_clash_between_two_files_names_both_files(tmp_path):
 def test_name_clash_with_a_builtin_plugin_names_the_file(tmp_path):
     file = write(tmp_path / "mine.py", plugin_source("hinton_kd"))
     with pytest.raises(
-        PluginLoadError,
+        ExtensionLoadError,
         match=rf"plugin file {re.escape(str(file.resolve()))}: .*'hinton_kd' is registered twice",
     ):
         load_plugin_paths([file])
@@ -162,7 +162,7 @@ def test_name_clash_with_a_builtin_plugin_names_the_file(tmp_path):
 def test_plugin_file_that_raises_on_import_names_the_file(tmp_path):
     file = write(tmp_path / "broken.py", "import not_a_module_anywhere_autokd\n")
     with pytest.raises(
-        PluginLoadError,
+        ExtensionLoadError,
         match=rf"plugin file {re.escape(str(file.resolve()))} failed to import: ModuleNotFoundError",
     ):
         load_plugin_paths([file])
@@ -170,29 +170,29 @@ def test_plugin_file_that_raises_on_import_names_the_file(tmp_path):
 
 def test_registry_still_works_after_a_failed_file(tmp_path):
     broken = write(tmp_path / "broken.py", "raise RuntimeError('boom')\n")
-    with pytest.raises(PluginLoadError):
+    with pytest.raises(ExtensionLoadError):
         load_plugin_paths([broken])
     good = write(tmp_path / "good.py", plugin_source("test_after_error"))
     load_plugin_paths([good])
-    assert {"hinton_kd", "test_after_error"} <= set(PLUGINS.names())
+    assert {"hinton_kd", "test_after_error"} <= set(METHODS.names())
 
 
 def test_fixed_plugin_file_loads_after_a_failure(tmp_path):
     file = write(tmp_path / "fixme.py", "raise RuntimeError('boom')\n")
-    with pytest.raises(PluginLoadError):
+    with pytest.raises(ExtensionLoadError):
         load_plugin_paths([file])
     write(file, plugin_source("test_fixed_demo"))
     load_plugin_paths([file])
-    assert "test_fixed_demo" in PLUGINS
+    assert "test_fixed_demo" in METHODS
 
 
 def test_file_that_registers_then_raises_can_be_fixed_and_reloaded(tmp_path):
     file = write(tmp_path / "half.py", plugin_source("test_half_demo", "raise RuntimeError('boom')\n"))
-    with pytest.raises(PluginLoadError):
+    with pytest.raises(ExtensionLoadError):
         load_plugin_paths([file])
     write(file, plugin_source("test_half_demo"))
     load_plugin_paths([file])
-    assert "test_half_demo" in PLUGINS
+    assert "test_half_demo" in METHODS
 
 
 # ---------------------------------------------------------------- the documented example plugin
@@ -200,8 +200,8 @@ def test_file_that_registers_then_raises_can_be_fixed_and_reloaded(tmp_path):
 
 def test_documented_example_plugin_loads_and_runs():
     load_plugin_paths([EXAMPLE])
-    cls = PLUGINS.get("logit_mse")
-    assert Path(PLUGINS.origin("logit_mse")) == EXAMPLE
+    cls = METHODS.get("logit_mse")
+    assert Path(METHODS.origin("logit_mse")) == EXAMPLE
     plugin = cls(ModelInfo((), 3), ModelInfo((), 3))
     student = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]], requires_grad=True)
     teacher = torch.tensor([[2.0, 2.0, 1.0], [0.5, 1.0, 2.0]])

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-import plugins
-from autokd.distill import PLUGINS, DistillInputs, ModelInfo, load_builtin_plugins, load_plugins
+import autokd.methods.builtin as plugins
+from autokd.methods import METHODS, DistillInputs, ModelInfo, load_methods
 
-load_builtin_plugins()
+METHODS.load()
 
 # Every built-in plugin and its kind.
 BUILTIN = {
@@ -52,7 +52,7 @@ def randn(*shape: int, seed: int = 0) -> np.ndarray:
 
 def make(name: str, student: ModelInfo | None = None, teacher: ModelInfo | None = None, **hp: float):
     """A float64 instance of plugin ``name``."""
-    return PLUGINS.get(name)(student, teacher, **hp).to(DTYPE)
+    return METHODS.get(name)(student, teacher, **hp).to(DTYPE)
 
 
 def np_softmax(z: np.ndarray) -> np.ndarray:
@@ -105,7 +105,7 @@ def stage_shapes(cls, channels: int, size: tuple[int, int]) -> list[tuple[int, i
 
 def synthetic(name: str, student_channels: int, teacher_channels: int, student_size, teacher_size, batch=4):
     """A plugin sized for the two models and one batch of random inputs for it."""
-    cls = PLUGINS.get(name)
+    cls = METHODS.get(name)
     classes = 5
     s_shapes = stage_shapes(cls, student_channels, student_size)
     t_shapes = stage_shapes(cls, teacher_channels, teacher_size)
@@ -144,28 +144,28 @@ SHAPES = {
 # ---------------------------------------------------------------- every plugin
 
 
-def test_load_plugins_registers_every_builtin_plugin():
-    load_plugins()
-    assert set(BUILTIN) <= set(PLUGINS.names())
+def test_load_methods_registers_every_builtin_plugin():
+    load_methods()
+    assert set(BUILTIN) <= set(METHODS.names())
 
 
 def test_every_decorated_class_in_the_plugins_folder_is_registered_from_its_file():
-    load_plugins()
+    load_methods()
     folder = Path(plugins.__path__[0])
     for file in folder.glob("*.py"):
-        for name in re.findall(r"@register_plugin\(\"([^\"]+)\"\)", file.read_text()):
-            assert name in PLUGINS, f"{name} from {file.name} is not registered"
-            assert Path(PLUGINS.origin(name)).resolve() == file.resolve()
+        for name in re.findall(r"@register_method\(\"([^\"]+)\"\)", file.read_text()):
+            assert name in METHODS, f"{name} from {file.name} is not registered"
+            assert Path(METHODS.origin(name)).resolve() == file.resolve()
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_plugin_has_its_kind(name):
-    assert PLUGINS.get(name).kind == BUILTIN[name]
+    assert METHODS.get(name).kind == BUILTIN[name]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_docstring_names_the_kind_and_cites_a_dated_paper(name):
-    cls = PLUGINS.get(name)
+    cls = METHODS.get(name)
     doc = cls.__doc__ or ""
     # hinton_kd names its kind in its module docstring ("Response distillation: ..."), the others in both.
     module_doc = sys.modules[cls.__module__].__doc__ or ""
@@ -176,7 +176,7 @@ def test_docstring_names_the_kind_and_cites_a_dated_paper(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_hyperparameter_defaults_lie_inside_their_ranges(name):
-    for key, spec in PLUGINS.get(name).hyperparameters.items():
+    for key, spec in METHODS.get(name).hyperparameters.items():
         assert spec.low < spec.high, key
         assert spec.low <= spec.default <= spec.high, key
         assert not spec.log or spec.low > 0, key
@@ -185,7 +185,7 @@ def test_hyperparameter_defaults_lie_inside_their_ranges(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_hyperparameters_become_attributes_with_their_defaults(name):
     plugin, _ = synthetic(name, 4, 8, (8, 8), (8, 8))
-    for key, spec in PLUGINS.get(name).hyperparameters.items():
+    for key, spec in METHODS.get(name).hyperparameters.items():
         assert getattr(plugin, key) == spec.default
 
 
@@ -223,23 +223,23 @@ def test_gradients_reach_every_adapter_parameter(name):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, key
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not PLUGINS.get(n).needs_teacher_logits])
+@pytest.mark.parametrize("name", [n for n in NAMES if not METHODS.get(n).needs_teacher_logits])
 def test_plugins_that_need_no_teacher_logits_run_without_them(name):
     plugin, inputs = synthetic(name, 4, 8, (8, 8), (8, 8))
     inputs.teacher_logits = None
     assert torch.isfinite(plugin(inputs))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not PLUGINS.get(n).needs_teacher_features])
+@pytest.mark.parametrize("name", [n for n in NAMES if not METHODS.get(n).needs_teacher_features])
 def test_plugins_that_need_no_teacher_features_run_without_them(name):
     plugin, inputs = synthetic(name, 4, 8, (8, 8), (8, 8))
     inputs.teacher_features = []
     assert torch.isfinite(plugin(inputs))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not PLUGINS.get(n).needs_features])
+@pytest.mark.parametrize("name", [n for n in NAMES if not METHODS.get(n).needs_features])
 def test_plugins_without_features_declare_no_stages(name):
-    assert PLUGINS.get(name).needs_features == ()
+    assert METHODS.get(name).needs_features == ()
 
 
 # ---------------------------------------------------------------- hinton_kd
@@ -437,7 +437,7 @@ def test_fitnets_adapter_maps_student_to_teacher_channels():
 
 def test_fitnets_needs_model_info_for_its_adapter():
     with pytest.raises(ValueError, match="ModelInfo"):
-        PLUGINS.get("fitnets")()
+        METHODS.get("fitnets")()
 
 
 # ---------------------------------------------------------------- attention_transfer
@@ -645,7 +645,7 @@ def exits_plugin(channels=(3, 4, 6), classes=5, **hp):
 
 
 def test_self_distillation_exits_sit_on_the_three_stages_before_the_last():
-    assert PLUGINS.get("self_distillation_exits").needs_features == (-4, -3, -2)
+    assert METHODS.get("self_distillation_exits").needs_features == (-4, -3, -2)
     plugin = exits_plugin()
     assert [head[-1].in_features for head in plugin.exits] == [3, 4, 6]
     assert all(head[-1].out_features == 5 for head in plugin.exits)
@@ -679,7 +679,7 @@ def test_self_distillation_exits_treat_the_final_output_as_a_fixed_target():
 
 
 def test_self_distillation_exits_need_no_teacher():
-    cls = PLUGINS.get("self_distillation_exits")
+    cls = METHODS.get("self_distillation_exits")
     assert (cls.needs_teacher_logits, cls.needs_teacher_features) == (False, False)
     plugin = exits_plugin()
     inputs = feature_inputs([randn(3, c, 2, 2, seed=c) for c in (3, 4, 6)], [])

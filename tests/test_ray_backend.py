@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from autokd import ray_backend  # the test extra installs Ray: no skipping when it is missing
 from autokd.cli import main
 from autokd.config import parse_study
-from autokd.distill import load_plugins
+from autokd.methods import load_methods
 from autokd.pareto import DIRECTIONS
 from autokd.report import load_results
 from autokd.storage import journal_storage
@@ -89,7 +89,7 @@ def ray_cluster() -> Iterator[str]:
 def _searcher(tiny_study: dict, trials: int = 2):
     tiny_study["budget"]["trials"] = trials
     study = parse_study(tiny_study)
-    load_plugins()
+    load_methods()
     storage = optuna.storages.InMemoryStorage()
     searcher = ray_backend.BudgetedOptunaSearch(
         space=ray_backend.SampledConfig(study),

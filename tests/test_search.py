@@ -20,10 +20,10 @@ from autokd.trial import STUDENT_WEIGHTS, TrialConfig
 from tests.conftest import write_study
 
 RAISING_PLUGIN = '''
-from autokd.distill import DistillationPlugin, register_plugin
+from autokd.methods import Method, register_method
 
-@register_plugin("explode")
-class Explode(DistillationPlugin):
+@register_method("explode")
+class Explode(Method):
     """Response plugin that always raises (for tests)."""
     kind = "response"
 

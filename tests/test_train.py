@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autokd.distill import DistillationPlugin, DistillInputs
+from autokd.methods import Method, DistillInputs
 from autokd.students import build_student
 from autokd.teacher_cache import build_teacher_outputs
 from autokd.train import PluginFailure, TrainSettings, WeightedPlugin, train
 
 
-class NaNLoss(DistillationPlugin):
+class NaNLoss(Method):
     name = "nan_loss"
     kind = "response"
 
@@ -19,7 +19,7 @@ class NaNLoss(DistillationPlugin):
         return inputs.student_logits.sum() * float("nan")
 
 
-class Recorder(DistillationPlugin):
+class Recorder(Method):
     name = "recorder"
     kind = "feature"
     needs_features = (-1, -3)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.distill import DistillationPlugin, DistillInputs, register_plugin
+from autokd.methods import Method, DistillInputs, register_method
 
 
-@register_plugin("logit_mse")
-class LogitMSE(DistillationPlugin):
+@register_method("logit_mse")
+class LogitMSE(Method):
     """Logit matching (response kind): mean squared error between student and teacher logits.
 
     Ba & Caruana, "Do Deep Nets Really Need to be Deep?", NeurIPS 2014.
