@@ -1,4 +1,8 @@
-"""The ``autokd`` command: search a study, report on it, export a trial's INT8 student and run it."""
+"""The ``autokd`` command: a thin layer over :mod:`autokd.api` (search, report, export, predict, methods).
+
+Parsing imports nothing heavy: torch and the libraries load only when a command runs, so ``--help``
+answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,92 +10,66 @@ import argparse
 import sys
 from pathlib import Path
 
-from autokd.config import StudyFileError, load_study_file
-from autokd.data import DatasetUnavailableError
-from autokd.methods import ExtensionLoadError
-from autokd.export import ExportError
-from autokd.plugin_cli import add_plugin_commands
-from autokd.quantize import QuantizationError
-from autokd.registry import RegistryError
-from autokd.report import ReportError
-from autokd.search import BackendUnavailableError
+from autokd.methods_cli import add_method_commands
 
 
-class UsageError(ValueError):
-    """Command-line options that do not go together; the message says which."""
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can cause (bad input): one line on stderr and exit code 2, never a traceback."""
+    from autokd.api import UsageError
+    from autokd.config import StudyFileError
+    from autokd.data import DatasetUnavailableError
+    from autokd.drivers import BackendUnavailableError
+    from autokd.export import ExportError
+    from autokd.quantize import QuantizationError
+    from autokd.registry import ExtensionLoadError, RegistryError
+    from autokd.report import ReportError
 
-
-USER_ERRORS = (
-    StudyFileError,
-    DatasetUnavailableError,
-    ExtensionLoadError,
-    RegistryError,
-    ReportError,
-    ExportError,
-    QuantizationError,
-    BackendUnavailableError,
-    UsageError,
-)
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    if args.backend == "ray" and (args.workers != 1 or args.storage):
-        raise UsageError("--workers and --storage belong to the optuna backend; Ray runs trials itself")
-    if args.backend == "optuna" and args.address:
-        raise UsageError("--address needs --backend ray")
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: give 1 or more worker processes")
-    if args.heartbeat_interval < 1:
-        raise UsageError(f"--heartbeat-interval {args.heartbeat_interval}: give 1 second or more")
-    if args.storage and not args.storage.startswith("postgresql"):
-        raise UsageError(
-            f"--storage {args.storage.split(':', 1)[0]}:...: give a postgresql:// URL "
-            "(without --storage the study lives in the run folder's journal)"
-        )
+    return (
+        StudyFileError,
+        DatasetUnavailableError,
+        ExtensionLoadError,
+        RegistryError,
+        ReportError,
+        ExportError,
+        QuantizationError,
+        BackendUnavailableError,
+        UsageError,
+    )
 
 
 def _search(args: argparse.Namespace) -> int:
-    from autokd.report import write_report
+    import autokd
 
-    _check_options(args)
-    study = load_study_file(args.study)
-    if args.backend == "ray":
-        from autokd.ray_backend import run_ray_search
-
-        outcome = run_ray_search(
-            study, runs_root=args.runs_dir, study_path=Path(args.study), address=args.address
-        )
-    else:
-        from autokd.search import run_search
-
-        outcome = run_search(
-            study,
-            runs_root=args.runs_dir,
-            study_path=Path(args.study),
-            progress=not args.no_progress,
-            workers=args.workers,
-            storage_url=args.storage,
-            heartbeat_interval=args.heartbeat_interval,
-        )
-    report = write_report(outcome.run_dir, args.reports_dir)
-    print(
-        f"{outcome.completed} completed trials (stopped by {outcome.stopped_reason}); report: {report / 'index.html'}"
+    result = autokd.search(
+        args.study,
+        backend=args.backend,
+        runs_dir=args.runs_dir,
+        reports_dir=args.reports_dir,
+        workers=args.workers,
+        storage=args.storage,
+        heartbeat_interval=args.heartbeat_interval,
+        address=args.address,
+        progress=not args.no_progress,
     )
-    return 0 if outcome.stopped_reason in ("budget", "time limit") else 1
+    print(
+        f"{result.completed} completed trials (stopped by {result.stopped_reason}); "
+        f"report: {result.report_dir / 'index.html'}"
+    )
+    return 0 if result.stopped_reason.ok else 1
 
 
 def _report(args: argparse.Namespace) -> int:
-    from autokd.report import write_report
+    import autokd
 
-    out = write_report(Path(args.run_dir), args.reports_dir)
+    out = autokd.report(args.run_dir, args.reports_dir)
     print(f"report: {out / 'index.html'} (also summary.md, pareto.csv, trials.csv)")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from autokd.export import export_trial
+    import autokd
 
-    result = export_trial(Path(args.run_dir), args.trial, artifact_format=args.format, out=args.out)
+    result = autokd.export(args.run_dir, args.trial, format=args.format, out=args.out)
     recorded = result.card["metrics"]["recorded_by_study"].get("int8_accuracy")
     same = result.card["same_backend_as_study"]
     print(
@@ -132,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--no-progress", action="store_true", help="no progress bar (per-trial lines remain)")
     search.add_argument(
         "--backend",
-        choices=("optuna", "ray"),
         default="optuna",
         help="optuna: trials in this machine's processes (default); ray: trials through Ray Tune",
     )
@@ -172,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--trial", type=int, required=True, help="number of a completed trial")
     export.add_argument(
         "--format",
-        choices=["onnx", "pt2"],
         default=None,
-        help="onnx (ONNX Runtime) or pt2 (torch.export program for torch.compile); default: the study's backend",
+        help="artifact format of a registered quantization backend (onnx: ONNX Runtime, pt2: torch.export "
+        "program for torch.compile); default: the study's backend",
     )
     export.add_argument("--out", type=Path, default=None, help="folder (default: RUN_DIR/exports/trial-N)")
     export.set_defaults(handler=_export)
@@ -183,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("export_dir", help="an export folder (holding model_card.json)")
     predict.add_argument("--split", choices=["test", "val"], default="test")
     predict.set_defaults(handler=_predict)
-    add_plugin_commands(sub)
+    add_method_commands(sub)
     return parser
 
 
@@ -192,12 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except USER_ERRORS as exc:
-        print(f"autokd: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("autokd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            print(f"autokd: error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

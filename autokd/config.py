@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Range = tuple[float, float]
 
@@ -64,20 +72,75 @@ class TeacherSection(_Section):
 
 
 class SearchSpaceSection(_Section):
-    """What each trial samples: the student and how it learns from the teacher."""
+    """What each trial samples: the student and how it learns from the teacher.
+
+    ``methods`` entries are a method name, ``none`` (task loss only) or names joined by ``+``. The loss
+    is ``(1 - share) × task loss + share × Σ weight × method loss`` with the distillation share drawn
+    from ``distillation_share`` (a number fixes it; 0.7 is the usual 70/30 guidance) and, for combined
+    methods, weights drawn per method and normalised to sum to 1. Each method brings its own
+    hyperparameters (temperature for the methods that soften logits); ``method_params`` narrows or
+    fixes their ranges, e.g. ``{hinton_kd: {temperature: 4}}``.
+    """
 
     # mobilenetv3 is left out: no INT8 backend quantizes it correctly (see autokd.quantize).
     families: Annotated[list[str], Field(min_length=1)] = ["resnet", "convnext"]
     width: Range = (0.125, 0.5)
     depth: Range = (0.5, 1.0)
     methods: Annotated[list[str], Field(min_length=1)] = ["hinton_kd"]
-    temperature: Range = (1.0, 8.0)
-    loss_weight: Range = (0.25, 4.0)
+    distillation_share: Range = (0.7, 0.7)
+    method_params: dict[str, dict[str, Range]] = {}
     # Input stem of families that have two (ResNet): "auto" takes the small-image stem for images of at
     # most 64 pixels and the timm model's own (ImageNet) stem above that; see autokd.students.
     stem: Literal["auto", "imagenet", "small"] = "auto"
 
-    @field_validator("width", "depth", "temperature", "loss_weight")
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, value: object) -> object:
+        if isinstance(value, dict):
+            if "temperature" in value:
+                raise ValueError(
+                    "field 'search_space.temperature' is gone: temperature is now a hyperparameter of the "
+                    "methods that use it; narrow it with search_space.method_params, e.g. "
+                    "{hinton_kd: {temperature: [1, 8]}}"
+                )
+            if "loss_weight" in value:
+                raise ValueError(
+                    "field 'search_space.loss_weight' is gone: the loss is (1 - share) x task loss + share x "
+                    "distillation; give search_space.distillation_share, a number or [low, high] in [0, 1)"
+                )
+        return value
+
+    @field_validator("distillation_share", mode="before")
+    @classmethod
+    def _share_number(cls, value: object) -> object:
+        return [value, value] if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @field_validator("distillation_share")
+    @classmethod
+    def _share(cls, value: Range) -> Range:
+        _check_range(value, positive=False)
+        if value[0] < 0 or value[1] >= 1:
+            raise ValueError("the distillation share must lie in [0, 1)")
+        return value
+
+    @field_validator("method_params", mode="before")
+    @classmethod
+    def _param_numbers(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        return {
+            method: (
+                {
+                    key: [v, v] if isinstance(v, int | float) and not isinstance(v, bool) else v
+                    for key, v in params.items()
+                }
+                if isinstance(params, dict)
+                else params
+            )
+            for method, params in value.items()
+        }
+
+    @field_validator("width", "depth")
     @classmethod
     def _ranges(cls, value: Range) -> Range:
         return _check_range(value)
@@ -95,16 +158,14 @@ class TrainingSection(_Section):
 class EarlyStoppingSection(_Section):
     """Stopping hopeless trials on validation top-1, never before epoch ``warmup_epochs + 1``.
 
-    Optuna backend: the median rule: stop a trial whose validation top-1 at epoch k is below the median
-    of the completed trials of the same student family at epoch k (once ``min_completed_trials`` of that
-    family exist). Ray backend: Ray Tune's ASHA with grace period ``warmup_epochs + 1`` and
-    ``reduction_factor``. Either way a stopped trial is PRUNED and never on the front.
+    The median rule, the same on every backend: a trial whose validation top-1 at epoch k is below the
+    median of the completed trials of the same student family at epoch k (once ``min_completed_trials``
+    of that family exist) stops. A stopped trial is PRUNED and never on the front.
     """
 
     enabled: bool = True
     warmup_epochs: Annotated[int, Field(ge=1)] = 1
     min_completed_trials: Annotated[int, Field(ge=1)] = 5
-    reduction_factor: Annotated[float, Field(gt=1)] = 3.0
 
 
 class ParallelSection(_Section):
@@ -194,7 +255,9 @@ class Study(_Section):
     teacher_cache: bool = True
     teacher_cache_max_gb: Annotated[float, Field(gt=0)] = 2.0
     prescreen: bool = False
-    plugins: list[str] = []
+    # Python files or folders that register methods, families, datasets or backends. They are code: a
+    # study file naming them runs them. ``plugins:`` is the 0.1 name of this key.
+    extensions: list[str] = Field(default=[], validation_alias=AliasChoices("extensions", "plugins"))
 
     @model_validator(mode="after")
     def _qat_leaves_fp32_epochs(self) -> Study:
@@ -213,10 +276,10 @@ class Study(_Section):
             raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
         return value
 
-    def plugin_paths(self, study_path: Path | None) -> list[Path]:
-        """The ``plugins:`` entries as paths, relative ones resolved against the study file's folder."""
+    def extension_paths(self, study_path: Path | None) -> list[Path]:
+        """The ``extensions:`` entries as paths, relative ones resolved against the study file's folder."""
         base = study_path.parent if study_path else Path.cwd()
-        return [p if (p := Path(raw)).is_absolute() else base / p for raw in self.plugins]
+        return [p if (p := Path(raw)).is_absolute() else base / p for raw in self.extensions]
 
     def teacher_key(self) -> str:
         """Content hash of everything that determines the teacher: its section and the data it sees."""
@@ -254,7 +317,7 @@ def _describe(error: dict, document: object) -> str:
     if error["type"] == "missing":
         return f"field '{loc}' is required"
     message = error["msg"].removeprefix("Value error, ")
-    if not error["loc"]:  # a check across sections: its message names the field itself
+    if not error["loc"] or message.startswith("field '"):  # the message names the field itself
         return message
     return f"field '{loc}' = {error.get('input')!r}: {message}"
 

@@ -1,25 +1,14 @@
 """Early stopping for multi-objective studies, where Optuna's pruners and Trial.report do not work.
 
 The rule (median stopping): after ``warmup_epochs``, a trial whose validation top-1 at epoch k is
-below the median of the completed trials' validation top-1 at epoch k stops. Pure functions and an
-exception; the orchestrator records a stopped trial as PRUNED.
+below the median of the completed trials' validation top-1 at epoch k stops. A pure function; both
+drivers apply it through :meth:`autokd.runner.TrialRunner.early_stop` and record a stopped trial PRUNED.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-
-
-class TrialStopped(Exception):
-    """Raised from a trial's epoch callback to stop it; carries what it reached."""
-
-    def __init__(self, epoch: int, val_accuracy: float, median: float, seconds_saved: float = 0.0) -> None:
-        super().__init__(f"val top-1 {val_accuracy:.4f} at epoch {epoch} is below the median {median:.4f}")
-        self.epoch = epoch
-        self.val_accuracy = val_accuracy
-        self.median = median
-        self.seconds_saved = seconds_saved
 
 
 def should_stop(

@@ -16,27 +16,28 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import optuna
 import torch
-from optuna.trial import TrialState
 
 from autokd.config import parse_study
 from autokd.measure import cpu_model
 from autokd.quantize import (
     BACKENDS,
     DeployedModel,
+    QuantizationError,
+    artifact_formats,
     backend_for_format,
+    backend_for_suffix,
     calibration_batches,
     top1,
 )
-from autokd.search import load_study_data, trial_dir
-from autokd.storage import load_run_study
+from autokd.record import StudyRecord, load_records
+from autokd.resources import load_study_data
+from autokd.storage import trial_dir
 from autokd.students import count_parameters
 from autokd.trial import STUDENT_WEIGHTS, TrialConfig, new_student
 
 MODEL_CARD = "model_card.json"
 EXPORTS_DIR = "exports"
-SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
 RECORDED_METRICS = (
     "retention",
     "retention_fp32",
@@ -70,9 +71,9 @@ class Export:
     accuracy: float
 
 
-def _study(run_dir: Path) -> optuna.Study:
+def _records(run_dir: Path) -> StudyRecord:
     try:
-        return load_run_study(run_dir)
+        return load_records(run_dir)
     except (FileNotFoundError, LookupError) as exc:
         raise ExportError(str(exc)) from None
 
@@ -92,22 +93,26 @@ def export_trial(
 ) -> Export:
     """Export completed trial ``number`` of the study in ``run_dir`` (see the module docstring)."""
     run_dir = Path(run_dir)
-    optuna_study = _study(run_dir)
-    trials = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
-    if number not in trials:
+    records = _records(run_dir)
+    try:
+        record = records.trial(number)
+    except KeyError:
         raise ExportError(
-            f"study '{optuna_study.study_name}' has no trial {number} (it has 0-{len(trials) - 1})"
-        )
-    trial = trials[number]
-    if trial.state != TrialState.COMPLETE:
-        raise ExportError(f"trial {number} is {trial.state.name}, not COMPLETE: there is nothing to export")
+            f"study '{records.name}' has no trial {number} (it has 0-{len(records.trials) - 1})"
+        ) from None
+    if not record.completed:
+        raise ExportError(f"trial {number} is {record.state}, not COMPLETE: there is nothing to export")
     weights = trial_dir(run_dir, number) / STUDENT_WEIGHTS
     if not weights.exists():
         raise ExportError(f"trial {number} kept no student weights ({weights} not found)")
-    study = parse_study(optuna_study.user_attrs["study"], f"{run_dir} (stored study)")
-    config = TrialConfig.from_dict(trial.user_attrs["config"])
+    study = parse_study(records.settings, f"{run_dir} (stored study)")
+    config = TrialConfig.from_dict(record.config)
     backend = BACKENDS.get(config.quantization_backend)
     if artifact_format is not None:
+        if artifact_format not in artifact_formats():
+            raise ExportError(
+                f"--format {artifact_format}: allowed: {', '.join(artifact_formats())} (the registered backends' formats)"
+            )
         backend = backend_for_format(artifact_format)
     if backend.artifact_format is None:
         raise ExportError(f"backend '{backend.name}' has no artifact format")
@@ -123,7 +128,7 @@ def export_trial(
     artifact = int8.save(directory / "model")
     deployed = load(artifact)
     accuracy = top1(deployed, data.test_x, data.test_y)
-    attrs = trial.user_attrs
+    attrs = record.attrs
     card = {
         "artifact": artifact.name,
         "format": backend.artifact_format,
@@ -138,7 +143,7 @@ def export_trial(
             "normalised by the training split's mean and std, resized bilinearly)",
         },
         "output": {"logits": data.num_classes},
-        "study": optuna_study.study_name,
+        "study": records.name,
         "trial": number,
         "student": {
             "family": config.family,
@@ -150,11 +155,11 @@ def export_trial(
             "artifact_bytes": artifact.stat().st_size,
         },
         "settings": attrs.get("config", {}),
-        "teacher": {k: v for k, v in optuna_study.user_attrs.get("teacher", {}).items()},
+        "teacher": dict(records.teacher),
         "data": {
             **study.data.model_dump(),
             "seed": study.seed,
-            "splits": optuna_study.user_attrs.get("data", {}),
+            "splits": records.data,
         },
         "metrics": {
             "test_accuracy_of_artifact": accuracy,
@@ -182,9 +187,11 @@ def load(path: str | Path) -> DeployedModel:
         path = path / json.loads(card_path.read_text())["artifact"]
     if not path.exists():
         raise ExportError(f"{path} not found")
-    if path.suffix not in SUFFIXES:
-        raise ExportError(f"{path}: unknown artifact type '{path.suffix}'; allowed: {', '.join(SUFFIXES)}")
-    return backend_for_format(SUFFIXES[path.suffix]).load(path)
+    try:
+        backend = backend_for_suffix(path.suffix)
+    except QuantizationError as exc:
+        raise ExportError(f"{path}: {exc}") from None
+    return backend.load(path)
 
 
 def evaluate_export(directory: str | Path, split: str = "test") -> tuple[float, dict]:

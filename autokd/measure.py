@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from autokd.quantize import DeployedModel, quiet
-from autokd.quantize.eager import TorchEagerModel
+from autokd.quantize.torch_fp32 import TorchFP32Model
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def measure_latency(
     with quiet():  # importing it makes torch log a note about CUDA on CPU-only machines
         from torch.utils import benchmark
 
-    deployed = model if isinstance(model, DeployedModel) else TorchEagerModel(model, "fp32")
+    deployed = model if isinstance(model, DeployedModel) else TorchFP32Model(model, "fp32")
     with exclusive(lock_path):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)

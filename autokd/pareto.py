@@ -1,23 +1,21 @@
 """Pareto membership and hypervolume over autokd's three objectives.
 
-Retention and compression are maximised, latency is minimised. The hypervolume is Optuna's exact
-computation (WFG) over the points, turned into a minimisation problem, against a reference point that
-the study fixes before the search starts.
+Retention and compression are maximised, latency is minimised. Both come from moocore (exact
+hypervolume, non-dominated sorting), against a reference point the study fixes before the search.
 """
 
 from __future__ import annotations
 
+import moocore
 import numpy as np
-from optuna._hypervolume import compute_hypervolume
 
 OBJECTIVES = ("retention", "compression", "latency_ms")
 DIRECTIONS = ("maximize", "maximize", "minimize")
-_SIGN = np.array([-1.0, -1.0, 1.0])  # multiply to turn every objective into one to minimise
+MAXIMISE = [direction == "maximize" for direction in DIRECTIONS]
 
 
-def _as_losses(points: np.ndarray) -> np.ndarray:
-    points = np.asarray(points, dtype=float).reshape(-1, len(OBJECTIVES))
-    return points * _SIGN
+def _points(points: np.ndarray) -> np.ndarray:
+    return np.asarray(points, dtype=float).reshape(-1, len(OBJECTIVES))
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -26,15 +24,10 @@ def pareto_mask(points: np.ndarray) -> np.ndarray:
     ``points`` has one row per trial with columns (retention, compression, latency_ms). Duplicates of
     a non-dominated point are all kept.
     """
-    losses = _as_losses(points)
-    n = len(losses)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        no_worse = np.all(losses <= losses[i], axis=1)
-        better = np.any(losses < losses[i], axis=1)
-        if np.any(no_worse & better):
-            mask[i] = False
-    return mask
+    points = _points(points)
+    if len(points) == 0:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(moocore.is_nondominated(points, maximise=MAXIMISE, keep_weakly=True), dtype=bool)
 
 
 def hypervolume(points: np.ndarray, reference: tuple[float, float, float]) -> float:
@@ -42,9 +35,10 @@ def hypervolume(points: np.ndarray, reference: tuple[float, float, float]) -> fl
 
     Points that do not strictly improve on the reference in every objective add nothing.
     """
-    losses = _as_losses(points)
-    ref = np.asarray(reference, dtype=float) * _SIGN
-    inside = losses[np.all(losses < ref, axis=1)]
+    points = _points(points)
+    ref = np.asarray(reference, dtype=float)
+    better = np.where(MAXIMISE, points > ref, points < ref)
+    inside = points[np.all(better, axis=1)]
     if len(inside) == 0:
         return 0.0
-    return float(compute_hypervolume(inside, ref))
+    return float(moocore.hypervolume(inside, ref=ref, maximise=MAXIMISE))

@@ -23,11 +23,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from autokd.pareto import DIRECTIONS, OBJECTIVES  # noqa: F401 - re-exported for drivers
 from autokd.storage import load_run_study
 from autokd.trial import TrialConfig, TrialResult
 
-OBJECTIVES = ("retention", "compression", "latency_ms")
-DIRECTIONS = ("maximize", "maximize", "minimize")
 INTERRUPTED = "interrupted"  # study attribute: {trial number: why it was failed when the study reopened}
 
 

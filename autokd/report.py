@@ -16,8 +16,8 @@ import plotly.graph_objects as go
 
 from autokd.pareto import OBJECTIVES, hypervolume, pareto_mask
 from autokd.quantize import AGREEMENT_THRESHOLD
-from autokd.storage import load_run_study
-from autokd.students import SMALL_STEM_FAMILIES
+from autokd.record import StudyRecord, load_records
+from autokd.students import FAMILIES
 
 DEFINITIONS = """\
 - **accuracy retention** = top-1 of the INT8 student on the test split / top-1 of the FP32 teacher on the same split.
@@ -33,10 +33,10 @@ DEFINITIONS = """\
   the same runtime, / student latency. `int8_fp32_agreement` = share of test images on which the INT8 and FP32
   students predict the same class.
 - **Pareto front**: retention and compression maximised, latency minimised, over completed trials only (trials
-  stopped early, by the median rule or by ASHA, are PRUNED and never on it). **Hypervolume** against the
+  stopped early by the median rule or skipped by the pre-screen are PRUNED and never on it). **Hypervolume** against the
   reference point fixed when the study was created."""
 
-SETTINGS = ["family", "stem", "width", "depth", "method", "temperature", "loss_weight"]
+SETTINGS = ["family", "stem", "width", "depth", "method", "distillation_share"]
 
 
 class ReportError(RuntimeError):
@@ -55,42 +55,45 @@ class StudyResults:
     executions: list[dict]
 
 
-def load_results(run_dir: Path) -> StudyResults:
-    """Read a study's journal into a DataFrame of trials (one row each) and its metadata."""
-    try:
-        study = load_run_study(run_dir)
-    except FileNotFoundError as exc:
-        raise ReportError(f"{exc}; run 'autokd search STUDY' first") from None
-    except LookupError as exc:
-        raise ReportError(str(exc)) from None
+def trials_frame(records: StudyRecord) -> pd.DataFrame:
+    """One row per stored trial: its state, sampled settings, metrics, flags and front membership."""
     rows = []
-    for trial in study.get_trials(deepcopy=False):
-        attrs = trial.user_attrs
-        row = {"trial": trial.number, "state": trial.state.name}
-        row.update(trial.params)
-        if "method" not in row:
-            row["method"] = None
-        if "config" in attrs:  # trials stored before the stem choice were built with timm's own stem
-            stem = attrs["config"].get("stem", "imagenet")
-            row["stem"] = stem if attrs["config"].get("family") in SMALL_STEM_FAMILIES else "own"
-        for key, value in attrs.items():
-            if key in ("config", "latency", "latency_fp32", "val_accuracy_per_epoch"):
-                continue
-            if key == "prescreened":
-                row["prescreened_dominated_by"] = value["dominated_by"]
-                row["prescreen_seconds"] = value["prescreen_seconds"]
-                continue
-            row[key] = value
+    for record in records.trials:
+        attrs = record.attrs
+        row = {"trial": record.number, "state": record.state}
+        row.update(record.params)
+        row.setdefault("method", None)
+        if record.config is not None:  # trials stored before the stem choice were built with timm's own
+            family = record.config.get("family")
+            stem = record.config.get("stem", "imagenet")
+            has_small = family in FAMILIES and FAMILIES.get(family).has_small_stem
+            row["stem"] = stem if has_small else "own"
+        if record.result is not None:
+            result = record.result.as_attrs()
+            for key, value in result.items():
+                if key not in ("config", "latency", "latency_fp32", "val_accuracy_per_epoch"):
+                    row[key] = value
+        if record.stop is not None:
+            row["stopped_at_epoch"] = record.stop.epoch
+            row["stopped_by"] = record.stop.stopped_by
+            row["seconds_saved"] = record.stop.seconds_saved
+        if record.prescreened is not None:
+            row["prescreened_dominated_by"] = record.prescreened.get("dominated_by")
+            row["prescreen_seconds"] = record.prescreened.get("prescreen_seconds")
+        if record.error is not None:
+            row["error"] = record.error
+        row["worker"] = record.worker
         latency = attrs.get("latency", {})
         row["latency_batch_size"] = latency.get("batch_size")
         row["latency_threads"] = latency.get("threads")
         row["runtime"] = latency.get("runtime")
         row["runtime_version"] = latency.get("runtime_version")
         row["flags"] = "; ".join(_flags(attrs))
-        row["val_accuracy_per_epoch"] = " ".join(f"{v:.4f}" for v in attrs.get("val_accuracy_per_epoch", []))
+        history = record.result.val_accuracy_per_epoch if record.result else attrs.get("val_accuracy_per_epoch", [])
+        row["val_accuracy_per_epoch"] = " ".join(f"{v:.4f}" for v in history)
         rows.append(row)
     trials = pd.DataFrame(rows)
-    teacher = study.user_attrs.get("teacher", {})
+    teacher = records.teacher
     if len(trials) and "latency_ms" in trials and teacher.get("latency"):
         trials["speedup_vs_teacher"] = teacher["latency"]["median_ms"] / trials["latency_ms"]
     trials["on_front"] = False
@@ -98,13 +101,24 @@ def load_results(run_dir: Path) -> StudyResults:
     if len(complete):
         points = trials.loc[complete, list(OBJECTIVES)].to_numpy(dtype=float)
         trials.loc[complete, "on_front"] = pareto_mask(points)
+    return trials
+
+
+def load_results(run_dir: Path) -> StudyResults:
+    """Read a study's stored records into a DataFrame of trials (one row each) and its metadata."""
+    try:
+        records = load_records(run_dir)
+    except FileNotFoundError as exc:
+        raise ReportError(f"{exc}; run 'autokd search STUDY' first") from None
+    except LookupError as exc:
+        raise ReportError(str(exc)) from None
     return StudyResults(
-        name=study.study_name,
-        trials=trials,
-        teacher=teacher,
-        reference_point=study.user_attrs.get("reference_point", {}),
-        settings=study.user_attrs.get("study", {}),
-        executions=study.user_attrs.get("executions", []),
+        name=records.name,
+        trials=trials_frame(records),
+        teacher=records.teacher,
+        reference_point=records.reference_point,
+        settings=records.settings,
+        executions=records.executions,
     )
 
 
@@ -236,9 +250,10 @@ def _efficiency_lines(trials: pd.DataFrame, teacher: dict) -> list[str]:
     lines = []
     if "stopped_at_epoch" in trials:
         stopped = trials["stopped_at_epoch"].notna()
-        saved = float(trials.loc[stopped, "seconds_saved"].sum())
+        saved = float(trials.loc[stopped, "seconds_saved"].fillna(0).sum())
+        rules = ", ".join(sorted(trials.loc[stopped, "stopped_by"].dropna().unique()))
         lines.append(
-            f"- early stopping (median rule): {int(stopped.sum())} trial(s) stopped, about {saved:.0f} s of training saved"
+            f"- early stopping ({rules}): {int(stopped.sum())} trial(s) stopped, about {saved:.0f} s of training saved"
         )
     if "prescreened_dominated_by" in trials:
         skipped = trials["prescreened_dominated_by"].notna()

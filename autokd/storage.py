@@ -21,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 JOURNAL = "optuna-journal.log"
+TRIALS_DIR = "trials"
 # A trial whose worker died is failed after this many silent heartbeat intervals, then run again.
 GRACE_INTERVALS = 3
 MAX_RETRIES = 2
@@ -38,6 +39,11 @@ def with_installed_driver(url: str) -> str:
     ):
         return f"postgresql+psycopg2://{rest}"
     return url
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    """Where trial ``number`` keeps its FP32 student weights and INT8 artifact."""
+    return run_dir / TRIALS_DIR / str(number)
 
 
 def journal_storage(run_dir: Path) -> JournalStorage:

@@ -1,8 +1,12 @@
-"""The distillation training loop: forward the student, look up the teacher, sum the weighted losses, step.
+"""The distillation training loop: forward the student, look up the teacher, mix the losses, step.
 
+The loss of a batch is the convex form users know from the papers,
+``(1 − distillation_share) · CE + distillation_share · Σ_i weight_i · loss_i``, over the given
+distillation methods, whose weights sum to 1; with no methods it is plain cross-entropy. Temperatures
+and other settings of a method are its own hyperparameters (``self.temperature``), not the trainer's.
 Data are in-memory tensors; a batch is an index slice (no DataLoader workers). Teacher outputs come
 from the teacher-output cache (computed once per study) or, where it does not hold them, live.
-Each plugin receives exactly the stages it asked for, in its own order.
+Each method receives exactly the stages it asked for, in its own order.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from autokd.augment import CropFlip
-from autokd.methods import Method, DistillInputs
 from autokd.features import feature_stage_indices, forward_with_features
+from autokd.methods import DistillInputs, Method
 
 if TYPE_CHECKING:
     from autokd.teacher_cache import TeacherOutputs
 
+_WEIGHT_TOLERANCE = 1e-6
 
-class PluginFailure(RuntimeError):
-    """A distillation plugin raised or returned a non-finite loss; the message names the plugin."""
+
+class MethodFailure(RuntimeError):
+    """A distillation method raised or returned a non-finite loss; the message names the method."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +46,43 @@ class TrainSettings:
 
 
 @dataclass
-class WeightedPlugin:
-    """A plugin instance and the weight of its loss next to the task loss."""
+class WeightedMethod:
+    """A method instance and its weight inside the distillation term (the weights of a run sum to 1)."""
 
-    plugin: Method
+    method: Method
     weight: float
+
+
+def check_mix(methods: Sequence[WeightedMethod], distillation_share: float) -> None:
+    """Raise ValueError unless ``0 ≤ distillation_share < 1`` and the weights are ≥ 0 and sum to 1."""
+    if not 0.0 <= distillation_share < 1.0:
+        raise ValueError(f"distillation_share must be in [0, 1), got {distillation_share}")
+    if not methods:
+        return
+    weights = ", ".join(f"{e.method.name or type(e.method).__name__}={e.weight:g}" for e in methods)
+    if any(e.weight < 0 for e in methods):
+        raise ValueError(f"method weights must not be negative, got {weights}")
+    total = sum(e.weight for e in methods)
+    if abs(total - 1.0) > _WEIGHT_TOLERANCE:
+        raise ValueError(f"method weights must sum to 1, got {total:g} ({weights})")
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    methods: Sequence[WeightedMethod],
+    inputs: Sequence[DistillInputs],
+    distillation_share: float,
+) -> torch.Tensor:
+    """``(1 − share) · CE(logits, targets) + share · Σ weight · method(inputs)``; plain CE without methods.
+
+    ``inputs[i]`` is what ``methods[i]`` sees. The mix is not checked here; :func:`train` checks it once.
+    """
+    task = F.cross_entropy(logits, targets)
+    if not methods:
+        return task
+    distill = sum(e.weight * _method_loss(e, x) for e, x in zip(methods, inputs, strict=True))
+    return (1.0 - distillation_share) * task + distillation_share * distill
 
 
 @torch.no_grad()
@@ -65,15 +103,15 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> 
     return torch.cat([model(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
 
 
-def _plugin_loss(entry: WeightedPlugin, inputs: DistillInputs) -> torch.Tensor:
-    name = entry.plugin.name
+def _method_loss(entry: WeightedMethod, inputs: DistillInputs) -> torch.Tensor:
+    name = entry.method.name or type(entry.method).__name__
     try:
-        loss = entry.plugin(inputs)
+        loss = entry.method(inputs)
     except Exception as exc:
-        raise PluginFailure(f"plugin '{name}' raised {type(exc).__name__}: {exc}") from exc
+        raise MethodFailure(f"method '{name}' raised {type(exc).__name__}: {exc}") from exc
     if not torch.isfinite(loss).all():
-        raise PluginFailure(
-            f"plugin '{name}' returned a non-finite loss ({loss.detach().flatten()[0].item()})"
+        raise MethodFailure(
+            f"method '{name}' returned a non-finite loss ({loss.detach().flatten()[0].item()})"
         )
     return loss
 
@@ -84,34 +122,38 @@ def train(
     train_y: torch.Tensor,
     settings: TrainSettings,
     *,
-    plugins: Sequence[WeightedPlugin] = (),
-    temperature: float = 1.0,
+    methods: Sequence[WeightedMethod] = (),
+    distillation_share: float = 0.7,
     teacher: TeacherOutputs | None = None,
     augmentation: CropFlip | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> None:
-    """Train ``model`` with cross-entropy plus ``Σ weight × plugin loss`` for ``settings.epochs`` epochs.
+    """Train ``model`` for ``settings.epochs`` epochs on the loss of :func:`distillation_loss`.
 
-    With a ``teacher``, each batch draws one of its cached views per sample (or the only view), so the
-    student sees exactly the images whose teacher outputs are looked up. Without one, ``augmentation``
-    (if given) draws fresh random views. ``on_epoch(epoch, model)`` runs after every epoch (1-based);
-    it may raise to stop training early.
+    That is ``(1 − distillation_share) · CE + distillation_share · Σ weight × method loss``; the
+    weights of ``methods`` must sum to 1 and the share lie in [0, 1) (ValueError otherwise, before
+    any training); with no methods the loss is plain CE. With a ``teacher``, each batch draws one of
+    its cached views per sample (or the only view), so the student sees exactly the images whose
+    teacher outputs are looked up. Without one, ``augmentation`` (if given) draws fresh random views.
+    ``on_epoch(epoch, model)`` runs after every epoch (1-based); it may raise to stop training early.
+    A method that raises or returns a non-finite loss stops training with :class:`MethodFailure`.
     """
+    check_mix(methods, distillation_share)
     generator = torch.Generator().manual_seed(settings.seed)
-    student_stages = {id(e): feature_stage_indices(model, e.plugin.needs_features) for e in plugins}
+    student_stages = [feature_stage_indices(model, e.method.needs_features) for e in methods]
     needs_teacher = teacher is not None and any(
-        e.plugin.needs_teacher_logits or (e.plugin.needs_features and e.plugin.needs_teacher_features)
-        for e in plugins
+        e.method.needs_teacher_logits or (e.method.needs_features and e.method.needs_teacher_features)
+        for e in methods
     )
-    teacher_stages = {
-        id(e): feature_stage_indices(teacher.model, e.plugin.needs_features)
-        if teacher is not None and e.plugin.needs_teacher_features
+    teacher_stages = [
+        feature_stage_indices(teacher.model, e.method.needs_features)
+        if teacher is not None and e.method.needs_teacher_features
         else []
-        for e in plugins
-    }
-    all_student_stages = sorted({s for stages in student_stages.values() for s in stages})
-    all_teacher_stages = sorted({s for stages in teacher_stages.values() for s in stages})
-    extra = [p for entry in plugins for p in entry.plugin.parameters()]
+        for e in methods
+    ]
+    all_student_stages = sorted({s for stages in student_stages for s in stages})
+    all_teacher_stages = sorted({s for stages in teacher_stages for s in stages})
+    extra = [p for entry in methods for p in entry.method.parameters()]
     optimizer = torch.optim.AdamW(
         list(model.parameters()) + extra, lr=settings.lr, weight_decay=settings.weight_decay
     )
@@ -121,8 +163,8 @@ def train(
     )
     for epoch in range(1, settings.epochs + 1):
         model.train()
-        for entry in plugins:
-            entry.plugin.train()
+        for entry in methods:
+            entry.method.train()
         order = torch.randperm(len(train_x), generator=generator)
         for start in range(0, len(order), settings.batch_size):
             idx = order[start : start + settings.batch_size]
@@ -137,22 +179,21 @@ def train(
                 x = train_x[idx]
             y = train_y[idx]
             logits, student_features = forward_with_features(model, x, all_student_stages)
-            loss = F.cross_entropy(logits, y)
-            if plugins:
-                student_by_stage = dict(zip(all_student_stages, student_features, strict=True))
-                teacher_logits, teacher_by_stage = (
-                    teacher.lookup(x, idx, view, all_teacher_stages) if needs_teacher else (None, {})
+            student_by_stage = dict(zip(all_student_stages, student_features, strict=True))
+            teacher_logits, teacher_by_stage = (
+                teacher.lookup(x, idx, view, all_teacher_stages) if needs_teacher else (None, {})
+            )
+            inputs = [
+                DistillInputs(
+                    student_logits=logits,
+                    targets=y,
+                    teacher_logits=teacher_logits,
+                    student_features=[student_by_stage[s] for s in s_stages],
+                    teacher_features=[teacher_by_stage[s] for s in t_stages],
                 )
-                for entry in plugins:
-                    inputs = DistillInputs(
-                        student_logits=logits,
-                        targets=y,
-                        temperature=temperature,
-                        teacher_logits=teacher_logits,
-                        student_features=[student_by_stage[s] for s in student_stages[id(entry)]],
-                        teacher_features=[teacher_by_stage[s] for s in teacher_stages[id(entry)]],
-                    )
-                    loss = loss + entry.weight * _plugin_loss(entry, inputs)
+                for s_stages, t_stages in zip(student_stages, teacher_stages, strict=True)
+            ]
+            loss = distillation_loss(logits, y, methods, inputs, distillation_share)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

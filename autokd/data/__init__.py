@@ -1,5 +1,8 @@
 """Datasets behind one registry, served as in-memory tensors.
 
+A dataset is a provider function in its own file in this package, decorated with
+:func:`register_dataset`; every module here is imported the first time the registry is used.
+
 A provider returns the official train and test splits as uint8/float arrays; :func:`load_splits`
 subsamples train, carves the validation split from it (for model selection and early stopping; the
 test split is only used for final numbers), normalises and resizes, and returns tensors.
@@ -55,7 +58,7 @@ class DataSplits:
 
 
 DatasetProvider = Callable[[Path | None, bool], RawDataset]
-DATASETS: Registry[DatasetProvider] = Registry("dataset")
+DATASETS: Registry[DatasetProvider] = Registry("dataset", builtins="autokd.data")
 
 
 def register_dataset(name: str) -> Callable[[DatasetProvider], DatasetProvider]:
@@ -112,6 +115,3 @@ def load_splits(
         num_classes=raw.num_classes,
     )
 
-
-# Built-in providers register themselves on import.
-from autokd.data import digits, fashion_mnist  # noqa: E402,F401

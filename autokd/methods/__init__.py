@@ -27,7 +27,7 @@ Kind = Literal["response", "feature", "relation", "self"]
 
 @dataclass(frozen=True)
 class Hyperparameter:
-    """A float hyperparameter a plugin adds to the search space, with its literature default."""
+    """A float hyperparameter a method adds to the search space, with its literature default."""
 
     low: float
     high: float
@@ -41,17 +41,17 @@ class Hyperparameter:
 
 @dataclass
 class DistillInputs:
-    """What a plugin sees for one batch.
+    """What a method sees for one batch.
 
-    ``student_features``/``teacher_features`` hold one tensor per stage that the plugin asked for in
+    ``student_features``/``teacher_features`` hold one tensor per stage that the method asked for in
     ``needs_features`` (stage indices of the timm model, negative counting from the last stage), in
     that order; repeats that name the same stage of a shallow model appear once. Teacher tensors never
-    carry gradients.
+    carry gradients. There is no temperature here: a method that softens logits declares its own
+    ``temperature`` hyperparameter and reads ``self.temperature``.
     """
 
     student_logits: torch.Tensor
     targets: torch.Tensor
-    temperature: float
     teacher_logits: torch.Tensor | None = None
     student_features: list[torch.Tensor] = field(default_factory=list)
     teacher_features: list[torch.Tensor] = field(default_factory=list)
@@ -59,7 +59,7 @@ class DistillInputs:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Shapes a plugin may need to build adapters: channels per requested stage and the class count."""
+    """Shapes a method may need to build adapters: channels per requested stage and the class count."""
 
     feature_channels: tuple[int, ...]
     num_classes: int
@@ -69,9 +69,12 @@ class Method(nn.Module):
     """Base class of every distillation loss.
 
     Subclasses set ``kind``, ``needs_teacher_logits``, ``needs_features`` (timm stage indices,
-    negative from the last stage; the plugin receives exactly those stages of the student, and of the
+    negative from the last stage; the method receives exactly those stages of the student, and of the
     teacher unless ``needs_teacher_features`` is False) and ``hyperparameters``,
-    accept their hyperparameters as keyword arguments in ``__init__`` and implement ``forward``.
+    accept their hyperparameters as keyword arguments in ``__init__`` (each becomes an attribute,
+    e.g. ``self.temperature`` for a method that softens logits) and implement ``forward``, which
+    returns the method's loss alone: the trainer mixes it with the task loss as
+    ``(1 − share) · CE + share · Σ weight · loss``.
     Learnable parts (adapters) are ordinary submodules: the trainer optimises them with the student
     and discards them afterwards.
     """

@@ -5,33 +5,13 @@ INT8 model as it runs on a named runtime, callable on image tensors, timeable, s
 as a deployable artifact. The same backend also gives the FP32 model on that runtime, so that speed-ups
 are always INT8 against FP32 on the same runtime (and the teacher's latency is measured the same way).
 
-Backends, chosen on measurements with torch 2.14.1, torchao 0.18 and onnxruntime 1.32 on this
-workplace's CPU (one thread, Fashion-MNIST students of width 0.25 and depth 0.5 at 32×32; the numbers
-and the command that measures them are in ``docs/quantization.md`` and ``benchmarks/quantization.py``):
-
-- ``onnxruntime`` (the default): ONNX export, then ONNX Runtime's static QDQ quantization with u8
-  activations and s8 per-channel weights, BatchNorm folded at export and Conv-ReLU fused by the
-  quantizer. Cheap per trial (export 0.1 s, quantization 0.1-0.6 s) and the fastest runtime at batch 1
-  by an order of magnitude (its FP32 already runs these students in 0.04-0.17 ms against 0.8-2.6 ms for
-  torch eager); on students this small INT8 adds little on top of that, or costs time (ConvNeXt), which
-  the report says trial by trial.
-- ``pt2e_x86``: the torch-native path that survives the removal of torch.ao's eager and FX APIs:
-  torchao's PT2E (``prepare_pt2e``/``convert_pt2e`` with ``X86InductorQuantizer``), run through
-  ``torch.compile`` with inductor freezing, which lowers the Q/DQ graph to oneDNN INT8 kernels (ResNet
-  1.6-2.0× faster than the same student compiled in FP32 at batch 64, 3.8-14× faster than FP32 eager).
-  Uncompiled, or lowered without codegen by torchao's ``lower_pt2e_quantized_to_x86``, the graph is
-  slower than FP32 at batch 1, so the compiled graph is what is deployed and timed. Quantized
-  convolutions do not compile with a dynamic batch, so every batch shape is a cold compile of 2-22 s,
-  and a trial needs three (evaluation chunk, INT8 and FP32 at the latency batch size): an opt-in for
-  studies that deploy on torch, not the search default.
-
-torch.ao's FX graph mode (the skeleton's ``fx_x86``) is gone: deprecated in torch 2.14 and scheduled for
-removal, without an artifact format, and its x86 config quantizes activations to 7 bits, which cost it
-the agreement bar on ResNet (0.965), although it was the one torch eager path with an INT8 speed-up.
-
-A backend lists the families it does not quantize correctly (top-1 agreement with FP32 below 0.98 on
-trained students in the benchmark); a study that pairs such a family with that backend is rejected
-when it is loaded, and every trial records its own agreement so the report flags any that falls short.
+A backend is one class in one file of this package, decorated with :func:`register_backend`, which
+carries its metadata: the runtime, the artifact format and file suffix (what ``autokd export
+--format`` offers), and the student families it quantizes correctly (top-1 agreement with FP32 of at
+least :data:`AGREEMENT_THRESHOLD` on trained students; a family may also claim a backend itself, see
+:class:`autokd.students.StudentFamily`). A study pairing a family with a backend that does not
+support it is refused when it is loaded. Which backends exist, why, and their measured speed-ups are
+in ``docs/quantization.md``.
 """
 
 from __future__ import annotations
@@ -93,7 +73,17 @@ class QuantizationBackend(ABC):
     name: str
     runtime: str
     artifact_format: str | None = None  # what ``autokd export --format`` calls it; None: no artifact
-    unsupported_families: dict[str, str] = field(default_factory=dict)  # family -> why
+    artifact_suffix: str | None = None  # the artifact file's suffix, e.g. ".onnx"
+    supported_families: tuple[str, ...] = ()  # measured to pass the agreement bar on this backend
+    refusals: dict[str, str] = field(default_factory=dict)  # family -> why it is refused (measured)
+
+    def refusal(self, family: str) -> str | None:
+        """Why ``family`` cannot be deployed with this backend, or None when it can."""
+        from autokd.students import FAMILIES
+
+        if family in self.supported_families or self.name in FAMILIES.get(family).int8_backends:
+            return None
+        return self.refusals.get(family, "its INT8 agreement with FP32 was never measured on this backend")
 
     @abstractmethod
     def quantize(self, model: nn.Module, calibration: Sequence[torch.Tensor]) -> DeployedModel:
@@ -114,13 +104,32 @@ class QuantizationBackend(ABC):
         raise QuantizationError(f"backend '{self.name}' has no artifact format")
 
 
-BACKENDS: Registry[QuantizationBackend] = Registry("quantization backend")
+BACKENDS: Registry[QuantizationBackend] = Registry("quantization backend", builtins="autokd.quantize")
 DEFAULT_BACKEND = "onnxruntime"
 
 
-def register_backend(backend: QuantizationBackend) -> QuantizationBackend:
-    """Add ``backend`` to the registry under its name."""
-    return BACKENDS.register(backend.name, origin=type(backend).__module__)(backend)
+def register_backend(name: str, **metadata) -> Callable[[type[QuantizationBackend]], type[QuantizationBackend]]:
+    """Class decorator: instantiate the backend with ``name`` and its metadata and register it."""
+
+    def decorator(cls: type[QuantizationBackend]) -> type[QuantizationBackend]:
+        BACKENDS.register(name, cls(name=name, **metadata))
+        return cls
+
+    return decorator
+
+
+def artifact_formats() -> list[str]:
+    """The artifact formats of the registered backends (``autokd export --format`` choices)."""
+    return sorted({b.artifact_format for _, b in BACKENDS.items() if b.artifact_format})
+
+
+def backend_for_suffix(suffix: str) -> QuantizationBackend:
+    """The backend whose artifacts end with ``suffix`` (``.onnx``, ``.pt2``)."""
+    for _, backend in BACKENDS.items():
+        if backend.artifact_suffix == suffix:
+            return backend
+    suffixes = sorted(b.artifact_suffix for _, b in BACKENDS.items() if b.artifact_suffix)
+    raise QuantizationError(f"unknown artifact type '{suffix}'; allowed: {', '.join(suffixes)}")
 
 
 def quantize(
@@ -135,12 +144,12 @@ def quantize(
 
 def backend_for_format(artifact_format: str) -> QuantizationBackend:
     """The backend whose artifacts have the given format (``onnx``, ``pt2``)."""
-    for name in BACKENDS:
-        backend = BACKENDS.get(name)
+    for _, backend in BACKENDS.items():
         if backend.artifact_format == artifact_format:
             return backend
-    formats = sorted(f for f in (BACKENDS.get(n).artifact_format for n in BACKENDS) if f)
-    raise QuantizationError(f"unknown artifact format '{artifact_format}'; allowed: {', '.join(formats)}")
+    raise QuantizationError(
+        f"unknown artifact format '{artifact_format}'; allowed: {', '.join(artifact_formats())}"
+    )
 
 
 def calibration_batches(images: torch.Tensor, batch_size: int, count: int) -> list[torch.Tensor]:
@@ -205,5 +214,3 @@ def tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
     """Bytes of ``tensors`` at their own dtypes' widths, counted from element counts."""
     return sum(t.numel() * t.element_size() for t in tensors)
 
-
-from autokd.quantize import ort, pt2e_x86  # noqa: E402,F401

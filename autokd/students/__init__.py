@@ -1,18 +1,21 @@
 """Student families: each maps a width and a depth multiplier to its timm constructor's real arguments.
 
-A family is a function ``(width, depth, *, num_classes, in_chans) -> nn.Module`` registered with
-:func:`register_family`. Widths and depths are multipliers of the family's reference variant, so
-``width=0.5`` halves every stage's channels and ``depth=0.5`` halves every stage's block count.
+A family is a :class:`StudentFamily`: a builder ``(width, depth, *, num_classes, in_chans[, stem])
+-> nn.Module`` registered with :func:`register_family` in its own file in this package (adding a file
+is all it takes: every module here is imported the first time the registry is used). Widths and
+depths are multipliers of the family's reference variant, so ``width=0.5`` halves every stage's
+channels and ``depth=0.5`` halves every stage's block count.
 
-Input stems: ``"imagenet"`` is the timm model's own, built for 224-pixel images; ``"small"`` is one
-sized for images of at most :data:`SMALL_IMAGE_MAX` pixels. Only families registered with
-``small_stem=True`` have one (ResNet, see :mod:`autokd.students.resnet`); their builders take a
-``stem`` keyword. A study's ``search_space.stem`` (``auto`` by default) picks it (:func:`stem_for`).
+Input stems are family metadata: ``"imagenet"`` is the timm model's own, built for 224-pixel images;
+``"small"`` is one sized for images of at most :data:`SMALL_IMAGE_MAX` pixels, which only families
+registered with ``stems=("imagenet", "small")`` have (ResNet). A study's ``search_space.stem``
+(``auto`` by default) picks one per family (:meth:`StudentFamily.stem_for`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from timm.layers import make_divisible
 from torch import nn
@@ -20,51 +23,85 @@ from torch import nn
 from autokd.registry import Registry
 
 FamilyBuilder = Callable[..., nn.Module]
-FAMILIES: Registry[FamilyBuilder] = Registry("student family")
-STEMS = ("imagenet", "small")
 SMALL_IMAGE_MAX = 64
-SMALL_STEM_FAMILIES: set[str] = set()
+STEMS = ("imagenet", "small")
 STEM_CHOICES = ("auto", *STEMS)  # what a study (and the benchmarks' --stem) may ask for
 
 
+@dataclass(frozen=True)
+class StudentFamily:
+    """A registered family: its builder and what it offers.
+
+    ``stems``: the input stems it can be built with; ``int8_backends``: quantization backends this
+    family was measured to pass the INT8 agreement bar on, beyond those a backend itself lists.
+    """
+
+    name: str
+    builder: FamilyBuilder
+    stems: tuple[str, ...] = ("imagenet",)
+    int8_backends: tuple[str, ...] = ()
+
+    @property
+    def has_small_stem(self) -> bool:
+        return "small" in self.stems
+
+    def stem_for(self, image_size: int, choice: str = "auto") -> str:
+        """The stem a study's ``stem`` choice gives this family on images of ``image_size`` pixels.
+
+        ``auto`` means the small-image stem up to :data:`SMALL_IMAGE_MAX` pixels; a family without
+        one always gets its own (``imagenet``).
+        """
+        if choice not in STEM_CHOICES:
+            raise ValueError(f"stem: '{choice}' is not one of {', '.join(STEM_CHOICES)}")
+        if not self.has_small_stem:
+            return "imagenet"
+        if choice == "auto":
+            return "small" if image_size <= SMALL_IMAGE_MAX else "imagenet"
+        return choice
+
+    def build(self, width: float, depth: float, *, num_classes: int, in_chans: int, stem: str = "imagenet"):
+        """A randomly initialised student of this family scaled by ``width`` and ``depth``."""
+        if stem not in STEMS:
+            raise ValueError(f"stem: '{stem}' is not one of {', '.join(STEMS)}")
+        if stem not in self.stems:
+            with_it = ", ".join(name for name, family in FAMILIES.items() if stem in family.stems)
+            raise ValueError(f"stem: family '{self.name}' has no '{stem}' stem (families with one: {with_it})")
+        if len(self.stems) == 1:
+            return self.builder(width, depth, num_classes=num_classes, in_chans=in_chans)
+        return self.builder(width, depth, num_classes=num_classes, in_chans=in_chans, stem=stem)
+
+
+FAMILIES: Registry[StudentFamily] = Registry("student family", builtins="autokd.students")
+
+
+def register_family(
+    name: str, *, stems: tuple[str, ...] = ("imagenet",), int8_backends: tuple[str, ...] = ()
+) -> Callable[[FamilyBuilder], FamilyBuilder]:
+    """Register ``fn(width, depth, *, num_classes, in_chans) -> nn.Module`` as the family ``name``.
+
+    With more than one stem the builder also takes ``stem`` (one of ``stems``).
+    """
+
+    def decorator(builder: FamilyBuilder) -> FamilyBuilder:
+        unknown = set(stems) - set(STEMS)
+        if unknown or not stems:
+            raise ValueError(f"family '{name}': stems must be among {', '.join(STEMS)}, got {stems}")
+        FAMILIES.register(name, StudentFamily(name, builder, tuple(stems), tuple(int8_backends)))
+        return builder
+
+    return decorator
+
+
 def stem_for(family: str, image_size: int, choice: str = "auto") -> str:
-    """The stem a study's ``stem`` choice gives ``family`` on images of ``image_size`` pixels.
-
-    ``auto`` means the small-image stem up to :data:`SMALL_IMAGE_MAX` pixels; a family without one
-    always gets its own (``imagenet``).
-    """
-    if choice not in STEM_CHOICES:
-        raise ValueError(f"stem: '{choice}' is not one of {', '.join(STEM_CHOICES)}")
-    if family not in SMALL_STEM_FAMILIES:
-        return "imagenet"
-    if choice == "auto":
-        return "small" if image_size <= SMALL_IMAGE_MAX else "imagenet"
-    return choice
-
-
-def register_family(name: str, *, small_stem: bool = False) -> Callable[[FamilyBuilder], FamilyBuilder]:
-    """Register ``fn(width, depth, *, num_classes, in_chans) -> nn.Module`` as a student family.
-
-    With ``small_stem`` the builder also takes ``stem`` (``"imagenet"`` or ``"small"``).
-    """
-    if small_stem:
-        SMALL_STEM_FAMILIES.add(name)
-    return FAMILIES.register(name)
+    """The stem ``family`` gets on images of ``image_size`` pixels for a study's ``stem`` choice."""
+    return FAMILIES.get(family).stem_for(image_size, choice)
 
 
 def build_student(
     family: str, width: float, depth: float, *, num_classes: int, in_chans: int, stem: str = "imagenet"
 ) -> nn.Module:
     """Build a randomly initialised student of ``family`` scaled by ``width`` and ``depth``."""
-    if stem not in STEMS:
-        raise ValueError(f"stem: '{stem}' is not one of {', '.join(STEMS)}")
-    builder = FAMILIES.get(family)
-    if family not in SMALL_STEM_FAMILIES:
-        if stem != "imagenet":
-            with_one = ", ".join(sorted(SMALL_STEM_FAMILIES))
-            raise ValueError(f"stem: family '{family}' has no '{stem}' stem (families with one: {with_one})")
-        return builder(width, depth, num_classes=num_classes, in_chans=in_chans)
-    return builder(width, depth, num_classes=num_classes, in_chans=in_chans, stem=stem)
+    return FAMILIES.get(family).build(width, depth, num_classes=num_classes, in_chans=in_chans, stem=stem)
 
 
 def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
@@ -80,6 +117,3 @@ def scale_depth(blocks: int, depth: float) -> int:
 def count_parameters(model: nn.Module) -> int:
     """Number of learnable parameters."""
     return sum(p.numel() for p in model.parameters())
-
-
-from autokd.students import convnext, mobilenetv3, resnet  # noqa: E402,F401

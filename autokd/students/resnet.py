@@ -49,7 +49,7 @@ def use_small_image_stem(model: nn.Module, in_chans: int) -> nn.Module:
     return model
 
 
-@register_family("resnet", small_stem=True)
+@register_family("resnet", stems=("imagenet", "small"))
 def resnet(
     width: float, depth: float, *, num_classes: int, in_chans: int, stem: str = "imagenet"
 ) -> nn.Module:

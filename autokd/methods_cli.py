@@ -1,7 +1,8 @@
-"""``autokd plugins list`` and ``autokd plugins show NAME``: what distillation plugins there are.
+"""``autokd methods list`` and ``autokd methods show NAME``: what distillation methods there are.
 
-Both load every plugin the way a search does (built-ins, installed entry points) and, with
-``--study FILE``, the files and folders that study names under ``plugins:``.
+Both load every method the way a search does (built-ins, installed entry points) and, with
+``--study FILE``, the files and folders that study names under ``extensions:``. ``autokd plugins``
+is the 0.1 name of the command, kept for one release.
 """
 
 from __future__ import annotations
@@ -10,38 +11,41 @@ import argparse
 import inspect
 from pathlib import Path
 
-from autokd.methods import METHODS, Method, Hyperparameter, load_methods
 
 
-def add_plugin_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``plugins`` command, with its ``list`` and ``show`` subcommands, to the ``autokd`` parser."""
-    parser = subparsers.add_parser("plugins", help="list or describe the distillation plugins")
-    commands = parser.add_subparsers(dest="plugins_command", required=True)
-    study_help = "also load the plugin files and folders this study file names under 'plugins:'"
+def add_method_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``methods`` command (alias ``plugins``), with ``list`` and ``show``, to the ``autokd`` parser."""
+    parser = subparsers.add_parser(
+        "methods", aliases=["plugins"], help="list or describe the distillation methods"
+    )
+    commands = parser.add_subparsers(dest="methods_command", required=True)
+    study_help = "also load the extension files and folders this study file names under 'extensions:'"
 
-    listing = commands.add_parser("list", help="one line per plugin: name, kind, needs, hyperparameters")
+    listing = commands.add_parser("list", help="one line per method: name, kind, needs, hyperparameters")
     listing.add_argument("--study", type=Path, help=study_help)
     listing.set_defaults(handler=_list)
 
-    show = commands.add_parser("show", help="a plugin's description, defaults and where it was loaded from")
-    show.add_argument("name", help="plugin name, as in a study's search_space.methods")
+    show = commands.add_parser("show", help="a method's description, defaults and where it was loaded from")
+    show.add_argument("name", help="method name, as in a study's search_space.methods")
     show.add_argument("--study", type=Path, help=study_help)
     show.set_defaults(handler=_show)
 
 
 def _load(study: Path | None) -> None:
+    from autokd.methods import load_methods
+
     paths: list[Path] = []
     if study is not None:
         from autokd.config import load_study_file
 
-        paths = load_study_file(study).plugin_paths(study)
+        paths = load_study_file(study).extension_paths(study)
     load_methods(paths)
 
 
-def describe_needs(cls: type[Method]) -> str:
-    """What a plugin needs from the forward passes, e.g. ``teacher logits, stages -2,-1``.
+def describe_needs(cls) -> str:
+    """What a method (class) needs from the forward passes, e.g. ``teacher logits, stages -2,-1``.
 
-    Stages are of both models, or ``student stages`` when the plugin reads no teacher features.
+    Stages are of both models, or ``student stages`` when the method reads no teacher features.
     """
     needs = []
     if cls.needs_teacher_logits:
@@ -52,13 +56,15 @@ def describe_needs(cls: type[Method]) -> str:
     return ", ".join(needs) or "-"
 
 
-def describe_hyperparameter(name: str, spec: Hyperparameter) -> str:
+def describe_hyperparameter(name: str, spec) -> str:
     """``name=default [low, high]``, with ``log`` when searched on a log scale."""
     scale = ", log" if spec.log else ""
     return f"{name}={spec.default:g} [{spec.low:g}, {spec.high:g}{scale}]"
 
 
 def _list(args: argparse.Namespace) -> int:
+    from autokd.methods import METHODS
+
     _load(args.study)
     rows = [("NAME", "KIND", "NEEDS", "HYPERPARAMETERS (default [low, high])")]
     for name in METHODS.names():
@@ -73,6 +79,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from autokd.methods import METHODS
+
     _load(args.study)
     cls = METHODS.get(args.name)  # RegistryError (unknown name) becomes exit 2 in autokd.cli.main
     print(f"name:        {args.name}")

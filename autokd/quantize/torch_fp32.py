@@ -1,4 +1,4 @@
-"""A torch module run as is in torch eager mode: the FP32 reference that latency of plain modules uses."""
+"""A plain FP32 torch module run as is (torch eager): how latency times a model that no backend deployed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from autokd.quantize import DeployedModel, tensor_bytes
 
 
-class TorchEagerModel(DeployedModel):
+class TorchFP32Model(DeployedModel):
     """An FP32 ``nn.Module`` called in torch eager mode."""
 
     runtime = "torch-eager"

@@ -1,0 +1,133 @@
+"""What every driver needs before its first trial, each built once: extensions, data, teacher, its outputs.
+
+Nothing here changes process-wide state for good: :func:`torch_threads` and :func:`quiet_optuna`
+are context managers that the drivers hold while trials run and that restore what they found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from autokd.config import Study
+from autokd.data import DataSplits, load_splits
+from autokd.features import feature_stage_indices
+from autokd.methods import METHODS
+from autokd.registry import load_extension_files
+from autokd.space import check_study, methods_of
+from autokd.teacher import Teacher, augmentation_of, prepare_teacher
+from autokd.teacher_cache import TeacherOutputs, build_teacher_outputs
+from autokd.trial import TeacherReference
+
+
+@dataclass
+class Resources:
+    """Data, teacher and its outputs for one study, plus where its run folder is."""
+
+    study: Study
+    run_dir: Path
+    extension_paths: list[Path]
+    data: DataSplits
+    teacher: Teacher
+    outputs: TeacherOutputs
+
+    def teacher_reference(self) -> TeacherReference:
+        """The teacher as trials see it: its outputs (cached or live) and its FP32 figures."""
+        t = self.teacher
+        return TeacherReference(self.outputs, t.test_accuracy, t.parameters, t.weight_bytes)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the caller's count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's own log lines off for the block (failed trials get one line of autokd's instead)."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def load_extensions(study: Study, study_path: Path | None) -> list[Path]:
+    """Import the study's extension files and check the study against the registries; return the paths."""
+    paths = study.extension_paths(study_path)
+    load_extension_files(paths)
+    check_study(study)
+    return paths
+
+
+def load_study_data(study: Study) -> DataSplits:
+    """The study's train/val/test tensors."""
+    d = study.data
+    return load_splits(
+        d.dataset,
+        data_dir=d.data_dir,
+        download=d.download,
+        train_subsample=d.train_subsample,
+        val_fraction=d.val_fraction,
+        image_size=d.image_size,
+        seed=study.seed,
+    )
+
+
+def teacher_stages_needed(study: Study, teacher_model: torch.nn.Module) -> list[int]:
+    """Teacher feature stages that any method in the search space may ask for (to cache them once)."""
+    stages: set[int] = set()
+    for choice in study.search_space.methods:
+        for name in methods_of(choice):
+            method = METHODS.get(name)
+            if method.needs_features and method.needs_teacher_features:
+                stages.update(feature_stage_indices(teacher_model, method.needs_features))
+    return sorted(stages)
+
+
+def prepare_resources(
+    study: Study,
+    *,
+    runs_root: Path,
+    study_path: Path | None = None,
+    log: Callable[[str], None] = print,
+    threads: int | None = None,
+) -> Resources:
+    """Load extensions and data, get the teacher (trained once, then read from disk) and its output cache.
+
+    ``threads`` (default: the study's ``training.threads``, else torch's current count) is the number of
+    torch threads used for the teacher's training and its outputs; the caller's count is restored.
+    """
+    paths = load_extensions(study, study_path)
+    data = load_study_data(study)
+    log(
+        f"data {study.data.dataset}: {len(data.train_x)} train / {len(data.val_x)} val / {len(data.test_x)} test images"
+    )
+    with torch_threads(threads or study.training.threads or torch.get_num_threads()):
+        teacher = prepare_teacher(study, data, runs_root, log)
+        outputs = build_teacher_outputs(
+            teacher.model,
+            data.train_x,
+            teacher.directory,
+            teacher.key,
+            enabled=study.teacher_cache,
+            augmentation=augmentation_of(study),
+            views=study.augmentation.views,
+            stages=teacher_stages_needed(study, teacher.model),
+            max_bytes=int(study.teacher_cache_max_gb * 1e9),
+            seed=study.seed,
+            log=log,
+        )
+    return Resources(study, runs_root / study.name, paths, data, teacher, outputs)

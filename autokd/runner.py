@@ -1,0 +1,373 @@
+"""The search core every driver shares: open the study, then per trial propose → run → record.
+
+A driver (``autokd.drivers.optuna``, ``autokd.drivers.ray``) differs only in how and where trials run.
+What a trial is, how its config is sampled, when the pre-screen skips it, when early stopping stops
+it, what is stored about it and when the search ends are decided here, in :mod:`autokd.space`,
+:mod:`autokd.record` and :mod:`autokd.budget`, once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from autokd.config import Study, StudyFileError
+from autokd.early_stopping import should_stop
+from autokd.measure import MEASUREMENT_POLICY, latency_example, machine_latency_lock, measure_latency
+from autokd.pareto import DIRECTIONS, OBJECTIVES
+from autokd.quantize import BACKENDS
+from autokd.record import (
+    EarlyStop,
+    fail_interrupted,
+    record_failure,
+    record_prescreen,
+    record_result,
+    record_start,
+    record_stop,
+)
+from autokd.resources import Resources
+from autokd.space import make_sampler, sample_config
+from autokd.storage import StorageLocation, trial_dir
+from autokd.trial import TrialConfig, TrialResult, measure_untrained, run_trial
+
+MEDIAN_RULE = "median rule on validation accuracy"
+# How long a machine joining a database study waits for the creating machine to store its attributes.
+DESCRIBE_WAIT_SECONDS = 120.0
+WAIT_POLL_SECONDS = 1.0
+
+
+def worker_id() -> str:
+    """This process, as trials record who ran them."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TrialStopped(Exception):
+    """Raised from a trial's epoch callback when the early-stopping rule stops it."""
+
+    def __init__(self, stop: EarlyStop) -> None:
+        super().__init__(f"stopped at epoch {stop.epoch} by the {stop.stopped_by}")
+        self.stop = stop
+
+
+class ProposalFailed(Exception):
+    """A trial's settings could not be sampled; the error is recorded on the trial."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one trial ended, whichever driver ran it."""
+
+    state: TrialState
+    result: TrialResult | None = None
+    stop: EarlyStop | None = None
+    error: str | None = None
+
+
+def _described(optuna_study: optuna.Study, *, wait: bool) -> bool:
+    deadline = time.monotonic() + (DESCRIBE_WAIT_SECONDS if wait else 0)
+    while "teacher" not in optuna_study.user_attrs:
+        if time.monotonic() > deadline:
+            return False  # its creator died before describing it: describe it here
+        time.sleep(WAIT_POLL_SECONDS)
+    return True
+
+
+def describe_study(optuna_study: optuna.Study, resources: Resources, lock: Path) -> None:
+    """Fix, before the first trial, what every later report needs: teacher figures and the reference point."""
+    study, data, teacher, outputs = resources.study, resources.data, resources.teacher, resources.outputs
+    # The teacher's FP32 latency on the students' runtime, measured the same way as theirs.
+    example = latency_example(data.test_x, study.objectives.latency_batch_size)
+    teacher_latency = measure_latency(
+        BACKENDS.get(study.quantization.backend).float_model(teacher.model, example),
+        example,
+        threads=study.objectives.latency_threads,
+        min_run_time_s=study.objectives.latency_min_run_time_s,
+        lock_path=lock,
+    )
+    ref = study.objectives.reference_point
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna_study.set_metric_names(list(OBJECTIVES))
+    optuna_study.set_user_attr("study", json.loads(study.model_dump_json()))
+    optuna_study.set_user_attr(
+        "teacher",
+        {
+            "key": teacher.key,
+            "model": teacher.model_name,
+            "test_accuracy": teacher.test_accuracy,
+            "val_accuracy": teacher.val_accuracy,
+            "parameters": teacher.parameters,
+            "weight_bytes": teacher.weight_bytes,
+            "latency": teacher_latency.as_dict(),
+            "cache": {
+                "enabled": study.teacher_cache,
+                "views": outputs.num_views,
+                "cached_stages": sorted(outputs.features),
+                "live_stages": list(outputs.live_stages),
+            },
+        },
+    )
+    optuna_study.set_user_attr(
+        "reference_point",
+        {
+            "retention": ref.retention,
+            "compression": ref.compression,
+            "latency_ms": teacher_latency.median_ms if ref.latency_ms == "teacher" else ref.latency_ms,
+        },
+    )
+    optuna_study.set_user_attr(
+        "data", {"train": len(data.train_x), "val": len(data.val_x), "test": len(data.test_x)}
+    )
+
+
+def record_execution(optuna_study: optuna.Study, *, backend: str, concurrent_trials: int, **details) -> None:
+    """Append how this search ran (backend, concurrency, latency policy) to the study, for the report."""
+    executions = list(optuna_study.user_attrs.get("executions", []))
+    executions.append(
+        {
+            "backend": backend,
+            "concurrent_trials": concurrent_trials,
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "latency_measurement": MEASUREMENT_POLICY,
+            **details,
+        }
+    )
+    optuna_study.set_user_attr("executions", executions)
+
+
+def open_study(
+    resources: Resources,
+    location: StorageLocation,
+    *,
+    log: Callable[[str], None] = print,
+    sampler_offset: int | None = None,
+) -> optuna.Study:
+    """Create the study (measuring the teacher's latency and storing the study-level attributes) or
+    resume it: check it has the same teacher, and fail the trials a dead process left RUNNING."""
+    study = resources.study
+    storage = location.open()
+    existing = study.name in optuna.get_all_study_names(storage)
+    previous = (
+        len(optuna.load_study(study_name=study.name, storage=storage).get_trials(deepcopy=False))
+        if existing
+        else 0
+    )
+    optuna_study = optuna.create_study(
+        study_name=study.name,
+        storage=storage,
+        directions=list(DIRECTIONS),
+        sampler=make_sampler(study, offset=previous if sampler_offset is None else sampler_offset),
+        load_if_exists=True,
+    )
+    if not existing or not _described(optuna_study, wait=location.heartbeats):
+        describe_study(optuna_study, resources, machine_latency_lock())
+        return optuna_study
+    stored_key = optuna_study.user_attrs.get("teacher", {}).get("key")
+    if stored_key != resources.teacher.key:
+        raise StudyFileError(
+            f"study '{study.name}' in {location.describe()} was run with another teacher or data ({stored_key}); "
+            "rename the study or delete its run folder"
+        )
+    return optuna_study
+
+
+def fail_dead_trials(optuna_study: optuna.Study, location: StorageLocation, log: Callable[[str], None]) -> None:
+    """Fail the trials whose process is gone: by heartbeat on a database, else every RUNNING trial.
+
+    Without heartbeats this cannot tell a dead process's trial from a live one's: call it only before
+    any worker of this search starts.
+    """
+    if location.heartbeats:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(optuna_study)
+    elif stale := fail_interrupted(optuna_study, "interrupted: the process running it was killed"):
+        log(f"resuming '{optuna_study.study_name}': {stale} interrupted trial(s) marked FAILED")
+
+
+def completed_count(optuna_study: optuna.Study) -> int:
+    """Completed trials (what the budget counts)."""
+    return len(optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def running_count(optuna_study: optuna.Study) -> int:
+    """Trials running now, in any process."""
+    return len(optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def trial_line(number: int, config: TrialConfig, result: TrialResult) -> str:
+    """One line per completed trial: its student, method, the three objectives and any INT8 warning."""
+    method = "+".join(config.methods) or "none"
+    flags = "".join(
+        [
+            " [INT8 slower than FP32]" if result.int8_slower_than_fp32 else "",
+            " [INT8 disagrees with FP32]" if not result.agreement_ok else "",
+        ]
+    )
+    return (
+        f"trial {number:>3}: {config.family:<11} w={config.width:.2f} d={config.depth:.2f} {method:<12}"
+        f"{' qat' if config.qat else ''} params {result.parameters:>9,}  retention {result.retention:.3f} "
+        f"(fp32 {result.retention_fp32:.3f})  compression {result.compression:6.1f}x  latency "
+        f"{result.latency_ms:.2f} ms ({result.int8_speedup_vs_fp32:.2f}x FP32)  {result.wall_seconds:.0f} s{flags}"
+    )
+
+
+def _student(config: TrialConfig) -> str:
+    return f"{config.family} w={config.width:.2f} d={config.depth:.2f}"
+
+
+class TrialRunner:
+    """Propose, run and record trials of one open study; every driver uses one per process."""
+
+    def __init__(
+        self,
+        resources: Resources,
+        optuna_study: optuna.Study,
+        *,
+        emit: Callable[[str], None] = print,
+        latency_lock: Path | None = None,
+    ) -> None:
+        self.resources = resources
+        self.study: Study = resources.study
+        self.optuna_study = optuna_study
+        self.emit = emit
+        self.latency_lock = latency_lock if latency_lock is not None else machine_latency_lock()
+        self.teacher = resources.teacher_reference()
+
+    # -- before training -------------------------------------------------------------------------
+
+    def propose(self, trial: optuna.Trial) -> TrialConfig | None:
+        """Sample the trial's config and store it; None when the pre-screen skipped it (recorded, to be
+        told PRUNED: it never counts against the budget). Raises :class:`ProposalFailed` (with the error
+        recorded) when the config cannot be sampled."""
+        try:
+            config = sample_config(trial, self.study)
+        except Exception as exc:  # noqa: BLE001 - recorded on the trial, which then fails
+            error = f"sampling its settings failed: {type(exc).__name__}: {exc}"
+            record_failure(trial, error)
+            self.emit(f"trial {trial.number:>3}: FAILED ({error})")
+            raise ProposalFailed(error) from exc
+        record_start(trial, config, worker_id())
+        if self.study.prescreen and (skipped := self._prescreen(config)) is not None:
+            record_prescreen(trial, skipped)
+            self.emit(
+                f"trial {trial.number:>3}: skipped before training ({_student(config)}: trial "
+                f"{skipped['dominated_by']} is as small and as fast, above the floor)"
+            )
+            return None
+        return config
+
+    def _prescreen(self, config: TrialConfig) -> dict | None:
+        """Size and latency of an untrained student, when an already-measured student above the retention
+        floor is at least as small and as fast (so training this one cannot reach the front); else None."""
+        floor = self.study.objectives.retention_floor
+        good = [t for t in self._completed() if t.values[0] >= floor]
+        if not good:
+            return None
+        start = time.perf_counter()
+        measured = measure_untrained(config, self.resources.data, self.teacher, self.latency_lock)
+        for t in good:
+            if t.values[1] >= measured["compression"] and t.values[2] <= measured["latency_ms"]:
+                measured.update(dominated_by=t.number, prescreen_seconds=time.perf_counter() - start)
+                return measured
+        return None
+
+    # -- during training -------------------------------------------------------------------------
+
+    def _completed(self) -> list[optuna.trial.FrozenTrial]:
+        return self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def early_stop(
+        self, config: TrialConfig, history: list[float], seconds_so_far: float
+    ) -> EarlyStop | None:
+        """The median rule after epoch ``len(history)``: an :class:`EarlyStop` when the trial should stop."""
+        rule = self.study.early_stopping
+        epoch = len(history)
+        if not rule.enabled or epoch >= config.epochs:
+            return None
+        # Families learn at different speeds: compare only with completed students of the same family.
+        histories = [
+            t.user_attrs.get("val_accuracy_per_epoch", [])
+            for t in self._completed()
+            if t.params.get("family") == config.family
+        ]
+        median = should_stop(
+            epoch,
+            history[-1],
+            histories,
+            warmup_epochs=rule.warmup_epochs,
+            min_completed_trials=rule.min_completed_trials,
+        )
+        if median is None:
+            return None
+        per_epoch = seconds_so_far / epoch
+        return EarlyStop(epoch, list(history), per_epoch * (config.epochs - epoch), MEDIAN_RULE)
+
+    def run(self, number: int, config: TrialConfig) -> Outcome:
+        """Run the trial in this process, with the early-stopping rule after every epoch."""
+        history: list[float] = []
+        started = time.perf_counter()
+
+        def on_epoch(epoch: int, val_accuracy: float) -> None:
+            history.append(val_accuracy)
+            stop = self.early_stop(config, history, time.perf_counter() - started)
+            if stop is not None:
+                raise TrialStopped(stop)
+
+        try:
+            result = run_trial(
+                config,
+                self.resources.data,
+                self.teacher,
+                on_epoch=on_epoch,
+                latency_lock=self.latency_lock,
+                artifact_dir=trial_dir(self.resources.run_dir, number),
+            )
+        except TrialStopped as stopped:
+            return Outcome(TrialState.PRUNED, stop=stopped.stop)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed trial is a result, recorded with its message
+            return Outcome(TrialState.FAIL, error=f"{type(exc).__name__}: {exc}")
+        return Outcome(TrialState.COMPLETE, result=result)
+
+    # -- after training --------------------------------------------------------------------------
+
+    def record(self, trial: optuna.Trial, config: TrialConfig, outcome: Outcome) -> list[float] | None:
+        """Store how the trial ended and say it on one line; return its objective values when COMPLETE."""
+        if outcome.state == TrialState.COMPLETE:
+            values = record_result(trial, outcome.result)
+            self.emit(trial_line(trial.number, config, outcome.result))
+            return values
+        if outcome.state == TrialState.PRUNED and outcome.stop is not None:
+            record_stop(trial, outcome.stop)
+            stop = outcome.stop
+            self.emit(
+                f"trial {trial.number:>3}: stopped early ({_student(config)}: val top-1 "
+                f"{stop.val_accuracy_per_epoch[-1]:.4f} at epoch {stop.epoch}, {stop.stopped_by})"
+            )
+            return None
+        record_failure(trial, outcome.error or "no error message")
+        self.emit(f"trial {trial.number:>3}: FAILED ({outcome.error})")
+        return None
+
+    def record_interrupted(self, trial: optuna.Trial) -> None:
+        """Store that the user interrupted the trial (Ctrl-C); the study then fails it."""
+        record_failure(trial, "interrupted by the user")
+
+    def finish(self, trial: optuna.Trial, config: TrialConfig | None, outcome: Outcome) -> None:
+        """Record and tell the study (for drivers that ask and tell rather than optimize)."""
+        values = self.record(trial, config, outcome) if config is not None else None
+        self.optuna_study.tell(trial, values=values, state=outcome.state)
+
