@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from autokd.budget import StopReason
-    from autokd.export import Export
+    from autokd.deploy import Export
     from autokd.quantize import DeployedModel
     from autokd.record import StudyRecord
 
@@ -50,7 +50,7 @@ class StudyResult:
     @property
     def trials(self) -> pd.DataFrame:
         """Every trial, one row each (state, settings, metrics, flags, ``on_front``)."""
-        from autokd.report import trials_frame
+        from autokd.reporting import trials_frame
 
         return trials_frame(self.records)
 
@@ -152,7 +152,7 @@ def search(
 def load_study(run: str | Path) -> StudyResult:
     """The stored results of the study in run folder ``run`` (e.g. ``runs/quickstart``)."""
     from autokd.record import load_records
-    from autokd.report import ReportError
+    from autokd.reporting import ReportError
 
     run_dir = Path(run)
     try:
@@ -165,21 +165,21 @@ def load_study(run: str | Path) -> StudyResult:
 
 def report(run: str | Path, reports_dir: str | Path = "reports") -> Path:
     """Write the report of the study in ``run`` to ``reports_dir/<study>/``; return that folder."""
-    from autokd.report import write_report
+    from autokd.reporting import write_report
 
     return write_report(Path(run), Path(reports_dir))
 
 
 def export(run: str | Path, trial: int, *, format: str | None = None, out: str | Path | None = None) -> Export:
     """Write completed trial ``trial``'s INT8 student as a deployable artifact with its model card."""
-    from autokd.export import export_trial
+    from autokd.deploy import export_trial
 
     return export_trial(Path(run), trial, artifact_format=format, out=Path(out) if out else None)
 
 
 def load(path: str | Path) -> DeployedModel:
     """An exported INT8 student (export folder or artifact file): ``load(path)(images) -> logits``."""
-    from autokd.export import load as load_export
+    from autokd.deploy import load as load_export
 
     return load_export(path)
 

@@ -19,10 +19,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from autokd.config import StudyFileError
     from autokd.data import DatasetUnavailableError
     from autokd.drivers import BackendUnavailableError
-    from autokd.export import ExportError
+    from autokd.deploy import ExportError
     from autokd.quantize import QuantizationError
     from autokd.registry import ExtensionLoadError, RegistryError
-    from autokd.report import ReportError
+    from autokd.reporting import ReportError
 
     return (
         StudyFileError,
@@ -82,7 +82,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from autokd.export import evaluate_export
+    from autokd.deploy import evaluate_export
 
     accuracy, card = evaluate_export(args.export_dir, args.split)
     print(

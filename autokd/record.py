@@ -90,6 +90,7 @@ class TrialRecord:
 
     number: int
     state: str
+    values: list[float] | None  # the objectives, in OBJECTIVES' order, for a COMPLETE trial
     params: dict
     config: dict | None
     result: TrialResult | None
@@ -103,7 +104,7 @@ class TrialRecord:
 
     @property
     def completed(self) -> bool:
-        return self.state == "COMPLETE" and self.result is not None
+        return self.state == "COMPLETE"
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ def _record(trial: optuna.trial.FrozenTrial, interrupted: dict) -> TrialRecord:
     return TrialRecord(
         number=trial.number,
         state=trial.state.name,
+        values=list(trial.values) if trial.values is not None else None,
         params=dict(trial.params),
         config=attrs.get("config"),
         result=result,

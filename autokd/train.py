@@ -63,7 +63,7 @@ def check_mix(methods: Sequence[WeightedMethod], distillation_share: float) -> N
     if any(e.weight < 0 for e in methods):
         raise ValueError(f"method weights must not be negative, got {weights}")
     total = sum(e.weight for e in methods)
-    if abs(total - 1.0) > _WEIGHT_TOLERANCE:
+    if not abs(total - 1.0) <= _WEIGHT_TOLERANCE:  # written so that a NaN weight fails too
         raise ValueError(f"method weights must sum to 1, got {total:g} ({weights})")
 
 

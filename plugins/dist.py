@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
+from autokd.methods import DistillInputs, Hyperparameter, Method, register_method
 
 _EPS = 1e-12
 
@@ -18,19 +18,25 @@ class DIST(Method):
     With p = softmax(logits / T): the inter-class relation is 1 − mean over samples of the Pearson
     correlation between the student's and the teacher's class-probability rows; the intra-class
     relation is the same over the columns (each class across the batch). The loss is
-    ``T² · (beta · inter + gamma · intra)``. Correlation is invariant to the scale and shift of the
-    probabilities, so the student need not match a much stronger teacher exactly. Defaults are the
-    paper's (beta = gamma = 1).
+    ``T² · (beta · inter + gamma · intra)``, as in the authors' code. Correlation is invariant to the
+    scale and shift of the probabilities, so the student need not match a much stronger teacher
+    exactly. Defaults are the authors' (beta = gamma = 1, T = 1, their ImageNet setting).
+
+    Deliberate difference from the authors' code: it divides by ``‖a‖·‖b‖ + 1e-8``; here the product
+    is floored at 1e-12 instead, so a constant row (zero variance) still gets correlation 0 but
+    otherwise the value is the plain Pearson correlation (the authors' 1e-8 visibly biases it when a
+    high T flattens the probabilities).
     """
 
     kind = "response"
     hyperparameters = {
         "beta": Hyperparameter(low=0.25, high=4.0, default=1.0, log=True),
         "gamma": Hyperparameter(low=0.25, high=4.0, default=1.0, log=True),
+        "temperature": Hyperparameter(low=1.0, high=8.0, default=1.0),
     }
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
-        t = inputs.temperature
+        t = self.temperature
         student = F.softmax(inputs.student_logits / t, dim=1)
         teacher = F.softmax(inputs.teacher_logits.detach() / t, dim=1)
         inter = 1.0 - _pearson(student, teacher).mean()
@@ -42,6 +48,4 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise Pearson correlation of two equally shaped 2-D tensors."""
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
-    # The floor keeps a constant row (zero variance) at correlation 0 instead of 0/0. The authors add
-    # 1e-8 instead, which visibly biases the correlation when a high T flattens the probabilities.
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(_EPS)

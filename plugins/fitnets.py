@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autokd.methods import Method, DistillInputs, Hyperparameter, ModelInfo, register_method
+from autokd.methods import DistillInputs, Hyperparameter, Method, ModelInfo, register_method
 from autokd.methods.builtin._shapes import matched_spatial
 
 
@@ -18,9 +18,14 @@ class FitNets(Method):
     The hint is the second-to-last stage (a middle layer, as in the paper, and one that still has
     spatial extent at small image sizes). The adapter (the paper's regressor) turns the student's
     channels into the teacher's and is trained with the student, then thrown away; when the maps differ
-    in size both are average-pooled to the smaller one. The loss is ``beta ·`` mean squared error; the
-    default beta of 100 is the hint weight of the CRD benchmark (Tian, Krishnan & Isola, ICLR 2020).
-    The paper's separate hint-only pre-training stage is folded into the joint loss here.
+    in size both are average-pooled to the smaller one. The loss is ``beta · mean((r(f_s) − f_t)²)``,
+    the mean over every element, as in the CRD benchmark's and mdistiller's code; beta defaults to
+    their hint weight of 100 (Tian, Krishnan & Isola, ICLR 2020).
+
+    Deliberate differences: the paper's hint loss is ``½ ‖·‖²`` summed, trained in a separate
+    hint-only stage before KD; here the mean squared error joins the task loss from the start. The
+    regressor is a plain 1×1 convolution; mdistiller's adds BatchNorm and ReLU and changes map sizes
+    with strided or transposed convolutions where this pools.
     """
 
     kind = "feature"
@@ -32,7 +37,7 @@ class FitNets(Method):
         super().__init__(student, teacher, **hparams)
         if student is None or teacher is None:
             raise ValueError(
-                "plugin 'fitnets' needs the student's and teacher's ModelInfo to size its adapter"
+                "method 'fitnets' needs the student's and teacher's ModelInfo to size its adapter"
             )
         self.adapter = nn.Conv2d(student.feature_channels[0], teacher.feature_channels[0], kernel_size=1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
+from autokd.methods import DistillInputs, Hyperparameter, Method, register_method
 from autokd.methods.builtin._shapes import deepest_pairs, matched_spatial
 
 
@@ -16,10 +16,15 @@ class NST(Method):
     arXiv:1707.01219 (2017).
     Each channel's spatial map, flattened and L2-normalised, is one sample; the loss is the squared
     maximum mean discrepancy between the student's and the teacher's channel samples with the
-    polynomial kernel k(x, y) = (xᵀy)² (d = 2, c = 0, the paper's best), averaged over the batch and
-    summed over the last three stages. Channel counts may differ (MMD compares distributions); maps of
-    different sizes are average-pooled to the smaller one. beta defaults to 50, the NST weight of the
-    CRD benchmark (Tian, Krishnan & Isola, ICLR 2020).
+    polynomial kernel k(x, y) = (xᵀy)² (d = 2, c = 0, the paper's best):
+    ``mean k(s, s') + mean k(t, t') − 2 mean k(s, t)`` per sample, averaged over the batch and summed
+    over the last three stages, times beta. Channel counts may differ (MMD compares distributions);
+    maps of different sizes are average-pooled to the smaller one. This is the CRD benchmark's and
+    mdistiller's ``nst_loss``; beta defaults to their NST weight of 50 (Tian, Krishnan & Isola,
+    ICLR 2020).
+
+    Deliberate differences: the paper writes the weight as λ/2; beta multiplies the MMD² directly, as
+    in that code. mdistiller pairs every stage after the stem; here the last three.
     """
 
     kind = "feature"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
+from autokd.methods import DistillInputs, Hyperparameter, Method, register_method
 from autokd.methods.builtin._shapes import pooled
 
 _EPS = 1e-12
@@ -17,10 +17,15 @@ class RKD(Method):
 
     Park, Kim, Lu & Cho, "Relational Knowledge Distillation", CVPR 2019.
     The embeddings are the last stage's globally average-pooled features, so student and teacher may
-    have any widths. Distance loss: Huber (smooth L1) between the pairwise Euclidean distances, each
-    divided by its model's mean distance over distinct pairs. Angle loss: Huber between the cosines of
-    the angles e_j − e_i, e_k − e_i over all triplets (i, j, k). The loss is
-    ``distance_weight · distance + angle_weight · angle`` with the paper's weights 25 and 50 as defaults.
+    have any widths. Distance loss: Huber (smooth L1, mean over all N² entries) between the pairwise
+    Euclidean distances, each divided by its model's mean distance over distinct pairs. Angle loss:
+    Huber (mean over all N³ entries) between the cosines of the angles e_j − e_i, e_k − e_i over all
+    triplets (i, j, k). The loss is ``distance_weight · distance + angle_weight · angle``: the
+    authors' ``RkdDistance`` and ``RKdAngle`` (also mdistiller's ``rkd_loss``), with the weights 25 and
+    50 of the authors' CIFAR script (and of the CRD benchmark) as defaults.
+
+    Deliberate difference: the authors' CIFAR script L2-normalises the embeddings before both terms
+    (their metric-learning code and mdistiller do not); here, as in mdistiller, they are not.
     """
 
     kind = "relation"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.methods import Method, DistillInputs, Hyperparameter, register_method
+from autokd.methods import DistillInputs, Hyperparameter, Method, register_method
 
 
 @register_method("sp")
@@ -15,7 +15,9 @@ class SimilarityPreserving(Method):
     Tung & Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019.
     The last stage's map of each sample is flattened to a vector f (C·H·W long, any shape per model);
     G = f fᵀ is the (N, N) similarity matrix, each row L2-normalised. The loss is
-    ``gamma · ‖G_t − G_s‖²_F / N²``; gamma defaults to the paper's 3000.
+    ``gamma · ‖G_t − G_s‖²_F / N²``, the paper's formula (and mdistiller's ``similarity_loss``);
+    gamma defaults to the paper's 3000. Deliberate difference: the paper sums the term over a chosen
+    set of layer pairs; here, as in mdistiller, only the last stage is used.
     """
 
     kind = "relation"

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import secrets
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
@@ -18,7 +27,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
 
-from autokd.registry import USER_MODULE_PREFIX, registries
+from autokd.registry import USER_MODULE_PREFIX, registries  # noqa: E402
+from autokd.storage import journal_storage  # noqa: E402
 
 # A study small enough for tests: digits, a small teacher, one-epoch tiny students.
 TINY_STUDY = {
@@ -71,8 +81,93 @@ def clean_registry():
             del sys.modules[name]
 
 
-def write_study(directory: Path, document: dict) -> Path:
-    """Write ``document`` as ``<directory>/<name>.yaml`` and return its path."""
+def _write_study(directory: Path, document: dict) -> Path:
     path = directory / f"{document['name']}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def write_study():
+    """``write_study(directory, document)``: write a study document as ``<directory>/<name>.yaml``."""
+    return _write_study
+
+
+def _trials_of(run_dir: Path, name: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    storage = journal_storage(run_dir)
+    return optuna.load_study(study_name=name or run_dir.name, storage=storage).get_trials()
+
+
+@pytest.fixture
+def trials_of():
+    """``trials_of(run_dir[, name])``: the stored trials of the study in a run folder."""
+    return _trials_of
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A one-node Ray cluster (2 CPUs) on 127.0.0.1 with the session's token; its address."""
+    port = _free_port()
+    # Short, private temp dir: Ray's socket paths must fit in 107 bytes, and stale files stay ours.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray_program = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [
+            ray_program,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: stopping it stops every process it started
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "the Ray head did not open its port"
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        # Ray's own graceful stop takes half a minute; a test cluster in a private temp dir needs none.
+        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError):  # whatever of the group is still there
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["optuna", "ray"])
+def search_with(request):
+    """``search_with(study_document, **options)``: ``autokd.search`` on each backend (no report), with
+    the Ray backend joining the session's test cluster. Both backends must pass the same tests."""
+    import autokd
+
+    backend = request.param
+    address = request.getfixturevalue("ray_cluster") if backend == "ray" else None
+
+    def run(document: dict, **options):
+        options.setdefault("log", lambda _: None)
+        if backend == "optuna":
+            options.setdefault("progress", False)
+        return autokd.search(document, backend=backend, address=address, reports_dir=None, **options)
+
+    run.backend = backend
+    return run

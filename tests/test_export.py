@@ -10,7 +10,7 @@ import pytest
 import autokd
 from autokd.cli import main
 from autokd.config import parse_study
-from autokd.export import MODEL_CARD, ExportError, evaluate_export, export_trial
+from autokd.deploy import MODEL_CARD, ExportError, evaluate_export, export_trial
 from autokd.quantize import top1
 from autokd.search import journal_storage, load_study_data, run_search, trial_dir
 from autokd.trial import STUDENT_WEIGHTS

@@ -1,7 +1,9 @@
-"""The built-in distillation plugins: values against plain formulas, gradients, shapes and metadata.
+"""The built-in distillation methods: metadata, shapes, gradients and the properties their formulas imply.
 
-Reference values are computed independently here, in float64 numpy with explicit loops, on tensors of
-a few samples; the plugins run in float64 too so the comparisons can be tight.
+Each method's value against its published formula is checked in test_method_references.py; here are
+the contract every method keeps (any widths and sizes, gradients to the student only, adapters
+trained) and behaviours that follow from the formulas (T² scaling, invariances, pooling). Reference
+values are computed in float64 numpy with explicit loops; the methods run in float64 too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from autokd.methods import METHODS, DistillInputs, ModelInfo, load_methods
 
 METHODS.load()
 
-# Every built-in plugin and its kind.
+# Every built-in method and its kind.
 BUILTIN = {
     "hinton_kd": "response",
     "dkd": "response",
@@ -51,7 +53,7 @@ def randn(*shape: int, seed: int = 0) -> np.ndarray:
 
 
 def make(name: str, student: ModelInfo | None = None, teacher: ModelInfo | None = None, **hp: float):
-    """A float64 instance of plugin ``name``."""
+    """A float64 instance of method ``name``."""
     return METHODS.get(name)(student, teacher, **hp).to(DTYPE)
 
 
@@ -76,12 +78,9 @@ def np_pool(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def logits_inputs(student, teacher, targets, temperature) -> DistillInputs:
+def logits_inputs(student, teacher, targets) -> DistillInputs:
     return DistillInputs(
-        student_logits=leaf(student),
-        targets=torch.as_tensor(targets),
-        temperature=temperature,
-        teacher_logits=leaf(teacher),
+        student_logits=leaf(student), targets=torch.as_tensor(targets), teacher_logits=leaf(teacher)
     )
 
 
@@ -90,7 +89,6 @@ def feature_inputs(student_maps, teacher_maps, classes: int = 5) -> DistillInput
     return DistillInputs(
         student_logits=leaf(randn(n, classes, seed=7)),
         targets=torch.arange(n) % classes,
-        temperature=2.0,
         teacher_logits=leaf(randn(n, classes, seed=8)),
         student_features=[leaf(m) for m in student_maps],
         teacher_features=[leaf(m) for m in teacher_maps],
@@ -117,7 +115,6 @@ def synthetic(name: str, student_channels: int, teacher_channels: int, student_s
     inputs = DistillInputs(
         student_logits=leaf(randn(batch, classes, seed=1)),
         targets=torch.arange(batch) % classes,
-        temperature=3.0,
         teacher_logits=leaf(randn(batch, classes, seed=2)),
         student_features=[leaf(randn(batch, *s, seed=10 + i)) for i, s in enumerate(s_shapes)],
         teacher_features=[leaf(randn(batch, *t, seed=20 + i)) for i, t in enumerate(t_shapes)],
@@ -159,7 +156,7 @@ def test_every_decorated_class_in_the_plugins_folder_is_registered_from_its_file
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_plugin_has_its_kind(name):
+def test_method_has_its_kind(name):
     assert METHODS.get(name).kind == BUILTIN[name]
 
 
@@ -175,11 +172,24 @@ def test_docstring_names_the_kind_and_cites_a_dated_paper(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_hyperparameter_defaults_lie_inside_their_ranges(name):
+def test_hyperparameter_ranges_are_open_and_log_ranges_positive(name):
     for key, spec in METHODS.get(name).hyperparameters.items():
         assert spec.low < spec.high, key
-        assert spec.low <= spec.default <= spec.high, key
         assert not spec.log or spec.low > 0, key
+
+
+# The methods that soften logits by a temperature; each declares its own, the others none.
+SOFTENING = {"hinton_kd", "dkd", "dist", "tf_kd", "self_distillation_exits"}
+
+
+def test_exactly_the_methods_that_soften_logits_declare_a_temperature():
+    assert {n for n in NAMES if "temperature" in METHODS.get(n).hyperparameters} == SOFTENING
+
+
+@pytest.mark.parametrize("name", sorted(SOFTENING))
+def test_temperatures_are_searched_from_1_to_8(name):
+    spec = METHODS.get(name).hyperparameters["temperature"]
+    assert (spec.low, spec.high, spec.log) == (1.0, 8.0, False)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -209,7 +219,7 @@ def test_gradients_reach_the_student(name, shape):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_no_gradient_reaches_the_teacher(name, shape):
-    # The teacher tensors here record gradients on purpose: the plugin must detach them itself.
+    # The teacher tensors here record gradients on purpose: the method must detach them itself.
     plugin, inputs = synthetic(name, *SHAPES[shape])
     plugin(inputs).backward()
     assert all(t.grad is None for t in teacher_tensors(inputs))
@@ -224,22 +234,17 @@ def test_gradients_reach_every_adapter_parameter(name):
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if not METHODS.get(n).needs_teacher_logits])
-def test_plugins_that_need_no_teacher_logits_run_without_them(name):
+def test_methods_that_need_no_teacher_logits_run_without_them(name):
     plugin, inputs = synthetic(name, 4, 8, (8, 8), (8, 8))
     inputs.teacher_logits = None
     assert torch.isfinite(plugin(inputs))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if not METHODS.get(n).needs_teacher_features])
-def test_plugins_that_need_no_teacher_features_run_without_them(name):
+def test_methods_that_need_no_teacher_features_run_without_them(name):
     plugin, inputs = synthetic(name, 4, 8, (8, 8), (8, 8))
     inputs.teacher_features = []
     assert torch.isfinite(plugin(inputs))
-
-
-@pytest.mark.parametrize("name", [n for n in NAMES if not METHODS.get(n).needs_features])
-def test_plugins_without_features_declare_no_stages(name):
-    assert METHODS.get(name).needs_features == ()
 
 
 # ---------------------------------------------------------------- hinton_kd
@@ -254,21 +259,16 @@ def hinton_reference(z_s, z_t, t: float, with_t_squared: bool = True) -> float:
     return total / len(z_s) * (t * t if with_t_squared else 1.0)
 
 
-def test_hinton_kd_matches_the_formula():
-    loss = make("hinton_kd")(logits_inputs(Z_S, Z_T, Y, 2.5))
-    assert loss.item() == pytest.approx(hinton_reference(Z_S, Z_T, 2.5), rel=1e-10)
-
-
 def test_hinton_kd_is_scaled_by_t_squared():
     for t in (1.0, 2.0, 4.0):
-        loss = make("hinton_kd")(logits_inputs(Z_S, Z_T, Y, t))
+        loss = make("hinton_kd", temperature=t)(logits_inputs(Z_S, Z_T, Y))
         assert loss.item() / hinton_reference(Z_S, Z_T, t, with_t_squared=False) == pytest.approx(t * t)
 
 
 def test_hinton_kd_averages_over_the_batch_not_the_classes():
-    one = make("hinton_kd")(logits_inputs(Z_S[:1], Z_T[:1], Y[:1], 1.0))
-    repeated = make("hinton_kd")(
-        logits_inputs(np.repeat(Z_S[:1], 3, 0), np.repeat(Z_T[:1], 3, 0), Y[:1].repeat(3), 1.0)
+    one = make("hinton_kd", temperature=1.0)(logits_inputs(Z_S[:1], Z_T[:1], Y[:1]))
+    repeated = make("hinton_kd", temperature=1.0)(
+        logits_inputs(np.repeat(Z_S[:1], 3, 0), np.repeat(Z_T[:1], 3, 0), Y[:1].repeat(3))
     )
     summed_over_classes = np_kl(np_softmax(Z_T[0]), np_softmax(Z_S[0]))
     assert one.item() == pytest.approx(summed_over_classes, rel=1e-10)
@@ -279,67 +279,38 @@ def test_hinton_kd_is_kl_of_teacher_to_student():
     forward_kl = hinton_reference(Z_S, Z_T, 1.0)
     reverse_kl = hinton_reference(Z_T, Z_S, 1.0)
     assert abs(forward_kl - reverse_kl) > 1e-3  # the two orders differ on these logits
-    loss = make("hinton_kd")(logits_inputs(Z_S, Z_T, Y, 1.0))
+    loss = make("hinton_kd", temperature=1.0)(logits_inputs(Z_S, Z_T, Y))
     assert loss.item() == pytest.approx(forward_kl, rel=1e-10)
 
 
 # ---------------------------------------------------------------- dkd
 
 
-def dkd_reference(z_s, z_t, y, t: float, alpha: float, beta: float) -> float:
-    tckd = nckd = 0.0
-    n, k = z_s.shape
-    for i in range(n):
-        p_s, p_t = np_softmax(z_s[i] / t), np_softmax(z_t[i] / t)
-        g = y[i]
-        tckd += np_kl(np.array([p_t[g], 1 - p_t[g]]), np.array([p_s[g], 1 - p_s[g]]))
-        others = [j for j in range(k) if j != g]
-        nckd += np_kl(np_softmax(z_t[i, others] / t), np_softmax(z_s[i, others] / t))
-    return t * t * (alpha * tckd / n + beta * nckd / n)
-
-
-def test_dkd_matches_the_formula():
-    loss = make("dkd", alpha=1.3, beta=0.7)(logits_inputs(Z_S, Z_T, Y, 2.0))
-    assert loss.item() == pytest.approx(dkd_reference(Z_S, Z_T, Y, 2.0, 1.3, 0.7), rel=1e-9)
-
-
-def test_dkd_defaults_are_alpha_1_beta_8():
-    loss = make("dkd")(logits_inputs(Z_S, Z_T, Y, 4.0))
-    assert loss.item() == pytest.approx(dkd_reference(Z_S, Z_T, Y, 4.0, 1.0, 8.0), rel=1e-9)
-
-
-def test_dkd_is_scaled_by_t_squared():
-    for t in (1.0, 3.0):
-        loss = make("dkd", alpha=1.0, beta=1.0)(logits_inputs(Z_S, Z_T, Y, t))
-        unscaled = dkd_reference(Z_S, Z_T, Y, t, 1.0, 1.0) / (t * t)
-        assert loss.item() / unscaled == pytest.approx(t * t)
-
-
 def test_dkd_nckd_ignores_the_target_logit():
-    nckd = make("dkd", alpha=0.0, beta=1.0)
+    nckd = make("dkd", alpha=0.0, beta=1.0, temperature=2.0)
     shifted = Z_S.copy()
     shifted[np.arange(3), Y] += 3.0
-    before = nckd(logits_inputs(Z_S, Z_T, Y, 2.0))
-    after = nckd(logits_inputs(shifted, Z_T, Y, 2.0))
+    before = nckd(logits_inputs(Z_S, Z_T, Y))
+    after = nckd(logits_inputs(shifted, Z_T, Y))
     assert after.item() == pytest.approx(before.item(), rel=1e-9)
 
 
 def test_dkd_tckd_sees_only_the_target_probability():
-    tckd = make("dkd", alpha=1.0, beta=0.0)
+    tckd = make("dkd", alpha=1.0, beta=0.0, temperature=2.0)
     permuted = Z_S.copy()
     for i, g in enumerate(Y):  # shuffle the non-target logits, which keeps p(target) unchanged
         others = [j for j in range(4) if j != g]
         permuted[i, others] = permuted[i, others[::-1]]
-    before = tckd(logits_inputs(Z_S, Z_T, Y, 2.0))
-    after = tckd(logits_inputs(permuted, Z_T, Y, 2.0))
+    before = tckd(logits_inputs(Z_S, Z_T, Y))
+    after = tckd(logits_inputs(permuted, Z_T, Y))
     assert after.item() == pytest.approx(before.item(), rel=1e-9)
 
 
 def test_dkd_stays_finite_with_confident_logits():
     confident = np.zeros((3, 4))
     confident[np.arange(3), Y] = 200.0
-    inputs = logits_inputs(confident, confident * 0.5, Y, 1.0)
-    loss = make("dkd")(inputs)
+    inputs = logits_inputs(confident, confident * 0.5, Y)
+    loss = make("dkd", temperature=1.0)(inputs)
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(inputs.student_logits.grad).all()
@@ -348,36 +319,8 @@ def test_dkd_stays_finite_with_confident_logits():
 # ---------------------------------------------------------------- dist
 
 
-def np_pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (math.sqrt((a * a).sum()) * math.sqrt((b * b).sum())))
-
-
-def dist_reference(z_s, z_t, t: float, beta: float, gamma: float) -> float:
-    p_s = np.stack([np_softmax(row / t) for row in z_s])
-    p_t = np.stack([np_softmax(row / t) for row in z_t])
-    inter = 1 - np.mean([np_pearson(p_s[i], p_t[i]) for i in range(p_s.shape[0])])
-    intra = 1 - np.mean([np_pearson(p_s[:, k], p_t[:, k]) for k in range(p_s.shape[1])])
-    return t * t * (beta * inter + gamma * intra)
-
-
-def test_dist_matches_the_formula():
-    loss = make("dist", beta=1.5, gamma=0.5)(logits_inputs(Z_S, Z_T, Y, 2.0))
-    assert loss.item() == pytest.approx(dist_reference(Z_S, Z_T, 2.0, 1.5, 0.5), rel=1e-6)
-
-
-def test_dist_inter_class_term_alone():
-    loss = make("dist", beta=1.0, gamma=0.0)(logits_inputs(Z_S, Z_T, Y, 1.0))
-    assert loss.item() == pytest.approx(dist_reference(Z_S, Z_T, 1.0, 1.0, 0.0), rel=1e-6)
-
-
-def test_dist_intra_class_term_alone():
-    loss = make("dist", beta=0.0, gamma=1.0)(logits_inputs(Z_S, Z_T, Y, 1.0))
-    assert loss.item() == pytest.approx(dist_reference(Z_S, Z_T, 1.0, 0.0, 1.0), rel=1e-6)
-
-
 def test_dist_is_zero_when_the_student_matches_the_teacher():
-    loss = make("dist")(logits_inputs(Z_T, Z_T, Y, 4.0))
+    loss = make("dist", temperature=4.0)(logits_inputs(Z_T, Z_T, Y))
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -418,17 +361,6 @@ def test_fitnets_matches_the_formula_with_a_larger_teacher_map():
     assert plugin(inputs).item() == pytest.approx(fitnets_reference(plugin, s_map, t_map), rel=1e-9)
 
 
-def test_fitnets_scales_with_beta():
-    s_maps, t_maps = [randn(2, 3, 2, 2)], [randn(2, 5, 2, 2)]
-    torch.manual_seed(0)
-    one = make("fitnets", ModelInfo((3,), 5), ModelInfo((5,), 5), beta=1.0)
-    torch.manual_seed(0)
-    hundred = make("fitnets", ModelInfo((3,), 5), ModelInfo((5,), 5))
-    assert hundred(feature_inputs(s_maps, t_maps)).item() == pytest.approx(
-        100 * one(feature_inputs(s_maps, t_maps)).item()
-    )
-
-
 def test_fitnets_adapter_maps_student_to_teacher_channels():
     plugin = fitnets_plugin(3, 7)
     adapter = plugin.adapter
@@ -451,22 +383,12 @@ def np_attention(x: np.ndarray) -> np.ndarray:
     return energy / np.sqrt((energy**2).sum(axis=1, keepdims=True))
 
 
-def test_attention_transfer_matches_the_formula():
-    s_maps = [randn(2, 3, 4, 4, seed=1), randn(2, 6, 2, 2, seed=2), randn(2, 9, 2, 2, seed=3)]
-    t_maps = [randn(2, 8, 4, 4, seed=4), randn(2, 4, 2, 2, seed=5), randn(2, 5, 2, 2, seed=6)]
-    expected = sum(
-        np.mean((np_attention(s) - np_attention(t)) ** 2) for s, t in zip(s_maps, t_maps, strict=True)
-    )
-    loss = make("attention_transfer", beta=2.0)(feature_inputs(s_maps, t_maps))
-    assert loss.item() == pytest.approx(2.0 / 2 * expected, rel=1e-9)
-
-
 def test_attention_transfer_resizes_the_student_map_to_the_teacher():
     # A spatially constant student map stays constant when resized: its attention is 1/√(H·W) everywhere.
     constant = np.ones((2, 3, 2, 2))
     t_maps = [randn(2, 4, 4, 4, seed=i) for i in range(3)]
     expected = sum(np.mean((np.full((2, 16), 1 / 4) - np_attention(t)) ** 2) for t in t_maps)
-    loss = make("attention_transfer", beta=2.0)(feature_inputs([constant] * 3, t_maps))
+    loss = make("attention_transfer", beta=1.0)(feature_inputs([constant] * 3, t_maps))
     assert loss.item() == pytest.approx(expected, rel=1e-9)
 
 
@@ -495,14 +417,6 @@ def np_mmd2(s: np.ndarray, t: np.ndarray) -> float:
     return total / s.shape[0]
 
 
-def test_nst_matches_the_formula():
-    s_maps = [randn(2, 3, 4, 4, seed=1), randn(2, 6, 2, 2, seed=2), randn(2, 7, 2, 2, seed=3)]
-    t_maps = [randn(2, 5, 4, 4, seed=4), randn(2, 4, 2, 2, seed=5), randn(2, 2, 2, 2, seed=6)]
-    expected = sum(np_mmd2(s, t) for s, t in zip(s_maps, t_maps, strict=True))
-    loss = make("nst", beta=1.0)(feature_inputs(s_maps, t_maps))
-    assert loss.item() == pytest.approx(expected, rel=1e-9)
-
-
 def test_nst_pools_the_larger_map_to_the_smaller():
     s_map, t_map = randn(2, 3, 4, 4, seed=1), randn(2, 5, 2, 2, seed=2)
     plugin = make("nst", ModelInfo((3,), 5), ModelInfo((5,), 5), beta=1.0)
@@ -520,52 +434,9 @@ def test_nst_is_zero_when_the_student_has_the_teachers_channels_in_another_order
 # ---------------------------------------------------------------- rkd
 
 
-def np_smooth_l1(a: np.ndarray, b: np.ndarray) -> float:
-    d = np.abs(a - b)
-    return float(np.mean(np.where(d < 1, 0.5 * d * d, d - 0.5)))
-
-
-def np_distance_matrix(e: np.ndarray) -> np.ndarray:
-    n = len(e)
-    d = np.array([[np.linalg.norm(e[i] - e[j]) for j in range(n)] for i in range(n)])
-    return d / np.mean([d[i, j] for i in range(n) for j in range(n) if i != j])
-
-
-def np_angles(e: np.ndarray) -> np.ndarray:
-    n = len(e)
-
-    def unit(v):
-        norm = np.linalg.norm(v)
-        return v / norm if norm > 0 else v
-
-    return np.array(
-        [unit(e[j] - e[i]) @ unit(e[k] - e[i]) for i in range(n) for j in range(n) for k in range(n)]
-    )
-
-
 def rkd_inputs(s_emb: np.ndarray, t_emb: np.ndarray) -> DistillInputs:
     # Embeddings as (N, C, 1, 1) maps: the plugin's global pooling leaves them unchanged.
     return feature_inputs([s_emb[:, :, None, None]], [t_emb[:, :, None, None]])
-
-
-def test_rkd_distance_loss_matches_the_formula():
-    s, t = randn(5, 3, seed=1), randn(5, 7, seed=2)
-    loss = make("rkd", distance_weight=1.0, angle_weight=0.0)(rkd_inputs(s, t))
-    assert loss.item() == pytest.approx(np_smooth_l1(np_distance_matrix(s), np_distance_matrix(t)), rel=1e-9)
-
-
-def test_rkd_angle_loss_matches_the_formula():
-    s, t = randn(5, 3, seed=3), randn(5, 7, seed=4)
-    loss = make("rkd", distance_weight=0.0, angle_weight=1.0)(rkd_inputs(s, t))
-    assert loss.item() == pytest.approx(np_smooth_l1(np_angles(s), np_angles(t)), rel=1e-9)
-
-
-def test_rkd_default_weights_are_25_and_50():
-    s, t = randn(4, 3, seed=5), randn(4, 6, seed=6)
-    expected = 25 * np_smooth_l1(np_distance_matrix(s), np_distance_matrix(t)) + 50 * np_smooth_l1(
-        np_angles(s), np_angles(t)
-    )
-    assert make("rkd")(rkd_inputs(s, t)).item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_rkd_is_invariant_to_the_scale_of_the_student_embedding():
@@ -584,56 +455,10 @@ def test_rkd_uses_globally_pooled_last_stage_features():
 # ---------------------------------------------------------------- pkt
 
 
-def pkt_reference(s: np.ndarray, t: np.ndarray, eps: float = 1e-7) -> float:
-    def probabilities(e):
-        n = len(e)
-        unit = [row / np.linalg.norm(row) for row in e]
-        sim = np.array([[(unit[i] @ unit[j] + 1) / 2 for j in range(n)] for i in range(n)])
-        return sim / sim.sum(axis=1, keepdims=True)
-
-    p_s, p_t = probabilities(s), probabilities(t)
-    n = len(s)
-    return sum(
-        p_t[i, j] * math.log((p_t[i, j] + eps) / (p_s[i, j] + eps)) for i in range(n) for j in range(n)
-    ) / (n * n)
-
-
-def test_pkt_matches_the_formula():
-    s, t = randn(5, 3, seed=1), randn(5, 6, seed=2)
-    loss = make("pkt", beta=1.0)(rkd_inputs(s, t))
-    assert loss.item() == pytest.approx(pkt_reference(s, t), rel=1e-6)
-
-
 def test_pkt_is_zero_for_the_same_directions():
     t = randn(5, 4, seed=3)
     loss = make("pkt")(rkd_inputs(3.0 * t, t))
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
-
-
-# ---------------------------------------------------------------- sp
-
-
-def sp_reference(s_map: np.ndarray, t_map: np.ndarray) -> float:
-    def normalised_gram(x):
-        f = x.reshape(len(x), -1)
-        g = np.array([[f[i] @ f[j] for j in range(len(f))] for i in range(len(f))])
-        return g / np.linalg.norm(g, axis=1, keepdims=True)
-
-    diff = normalised_gram(t_map) - normalised_gram(s_map)
-    b = len(s_map)
-    return float(sum(diff[i, j] ** 2 for i in range(b) for j in range(b)) / (b * b))
-
-
-def test_sp_matches_the_formula():
-    s_map, t_map = randn(4, 3, 2, 2, seed=1), randn(4, 5, 3, 3, seed=2)
-    loss = make("sp", gamma=1.0)(feature_inputs([s_map], [t_map]))
-    assert loss.item() == pytest.approx(sp_reference(s_map, t_map), rel=1e-9)
-
-
-def test_sp_default_gamma_is_3000():
-    s_map, t_map = randn(4, 3, 2, 2, seed=3), randn(4, 5, 3, 3, seed=4)
-    loss = make("sp")(feature_inputs([s_map], [t_map]))
-    assert loss.item() == pytest.approx(3000 * sp_reference(s_map, t_map), rel=1e-9)
 
 
 # ---------------------------------------------------------------- self_distillation_exits
@@ -649,25 +474,6 @@ def test_self_distillation_exits_sit_on_the_three_stages_before_the_last():
     plugin = exits_plugin()
     assert [head[-1].in_features for head in plugin.exits] == [3, 4, 6]
     assert all(head[-1].out_features == 5 for head in plugin.exits)
-
-
-def test_self_distillation_exits_match_the_formula():
-    alpha, t = 0.3, 2.0
-    plugin = exits_plugin(alpha=alpha)
-    maps = [randn(3, c, 4, 4, seed=c) for c in (3, 4, 6)]
-    inputs = feature_inputs(maps, [])
-    inputs.temperature = t
-    z_final = inputs.student_logits.detach().numpy()
-    y = inputs.targets.numpy()
-    expected = 0.0
-    for head, m in zip(plugin.exits, maps, strict=True):
-        w, b = head[-1].weight.detach().numpy(), head[-1].bias.detach().numpy()
-        for i in range(3):
-            z = w @ m[i].mean(axis=(1, 2)) + b
-            ce = -math.log(np_softmax(z)[y[i]])
-            kl = np_kl(np_softmax(z_final[i] / t), np_softmax(z / t)) * t * t
-            expected += ((1 - alpha) * ce + alpha * kl) / 3
-    assert plugin(inputs).item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_self_distillation_exits_treat_the_final_output_as_a_fixed_target():
@@ -690,19 +496,7 @@ def test_self_distillation_exits_need_no_teacher():
 # ---------------------------------------------------------------- tf_kd
 
 
-def test_tf_kd_matches_the_formula():
-    a, t = 0.9, 3.0
-    expected = 0.0
-    for i in range(3):
-        virtual = np.full(4, (1 - a) / 3)
-        virtual[Y[i]] = a
-        expected += np_kl(np_softmax(virtual / t), np_softmax(Z_S[i] / t)) * t * t / 3
-    inputs = logits_inputs(Z_S, Z_T, Y, t)
-    inputs.teacher_logits = None
-    assert make("tf_kd", correct_prob=a)(inputs).item() == pytest.approx(expected, rel=1e-9)
-
-
 def test_tf_kd_ignores_the_teacher():
-    with_teacher = make("tf_kd")(logits_inputs(Z_S, Z_T, Y, 2.0))
-    other_teacher = make("tf_kd")(logits_inputs(Z_S, -Z_T, Y, 2.0))
+    with_teacher = make("tf_kd")(logits_inputs(Z_S, Z_T, Y))
+    other_teacher = make("tf_kd")(logits_inputs(Z_S, -Z_T, Y))
     assert with_teacher.item() == other_teacher.item()

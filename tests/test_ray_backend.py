@@ -25,7 +25,7 @@ from autokd.cli import main
 from autokd.config import parse_study
 from autokd.methods import load_methods
 from autokd.pareto import DIRECTIONS
-from autokd.report import load_results
+from autokd.reporting import load_results
 from autokd.storage import journal_storage
 from tests.conftest import write_study
 from tests.test_search import trials_of

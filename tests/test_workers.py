@@ -41,7 +41,7 @@ def test_each_search_records_how_it_ran_for_the_report(tiny_study, shared_runs):
     tiny_study["name"] = "recorded"
     tiny_study["budget"]["trials"] = 1
     outcome = run_search(parse_study(tiny_study), runs_root=shared_runs, log=quiet, progress=False)
-    from autokd.report import load_results
+    from autokd.reporting import load_results
 
     executions = load_results(outcome.run_dir).executions
     assert len(executions) == 1

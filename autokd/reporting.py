@@ -68,6 +68,8 @@ def trials_frame(records: StudyRecord) -> pd.DataFrame:
             stem = record.config.get("stem", "imagenet")
             has_small = family in FAMILIES and FAMILIES.get(family).has_small_stem
             row["stem"] = stem if has_small else "own"
+        if record.values is not None:
+            row.update(zip(OBJECTIVES, record.values, strict=True))
         if record.result is not None:
             result = record.result.as_attrs()
             for key, value in result.items():
@@ -141,9 +143,11 @@ def _hover(frame: pd.DataFrame) -> list[str]:
             for k in SETTINGS
             if k in r and pd.notna(r[k])
         ]
+        if pd.notna(r.get("parameters")):
+            parts.append(f"params: {int(r['parameters']):,}")
+        fp32 = f" (fp32 {r['retention_fp32']:.4f})" if pd.notna(r.get("retention_fp32")) else ""
         parts += [
-            f"params: {int(r['parameters']):,}",
-            f"retention: {r['retention']:.4f} (fp32 {r['retention_fp32']:.4f})",
+            f"retention: {r['retention']:.4f}{fp32}",
             f"compression: {r['compression']:.1f}x",
             f"latency: {r['latency_ms']:.3f} ms",
         ]

@@ -100,7 +100,7 @@ def export_trial(
         raise ExportError(
             f"study '{records.name}' has no trial {number} (it has 0-{len(records.trials) - 1})"
         ) from None
-    if not record.completed:
+    if not record.completed or record.config is None:
         raise ExportError(f"trial {number} is {record.state}, not COMPLETE: there is nothing to export")
     weights = trial_dir(run_dir, number) / STUDENT_WEIGHTS
     if not weights.exists():
