@@ -170,7 +170,9 @@ def report(run: str | Path, reports_dir: str | Path = "reports") -> Path:
     return write_report(Path(run), Path(reports_dir))
 
 
-def export(run: str | Path, trial: int, *, format: str | None = None, out: str | Path | None = None) -> Export:
+def export(
+    run: str | Path, trial: int, *, format: str | None = None, out: str | Path | None = None
+) -> Export:
     """Write completed trial ``trial``'s INT8 student as a deployable artifact with its model card."""
     from autokd.deploy import export_trial
 

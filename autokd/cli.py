@@ -18,8 +18,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from autokd.api import UsageError
     from autokd.config import StudyFileError
     from autokd.data import DatasetUnavailableError
-    from autokd.drivers import BackendUnavailableError
     from autokd.deploy import ExportError
+    from autokd.drivers import BackendUnavailableError
     from autokd.quantize import QuantizationError
     from autokd.registry import ExtensionLoadError, RegistryError
     from autokd.reporting import ReportError

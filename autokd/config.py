@@ -167,6 +167,16 @@ class EarlyStoppingSection(_Section):
     warmup_epochs: Annotated[int, Field(ge=1)] = 1
     min_completed_trials: Annotated[int, Field(ge=1)] = 5
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_asha(cls, value: object) -> object:
+        if isinstance(value, dict) and "reduction_factor" in value:
+            raise ValueError(
+                "field 'early_stopping.reduction_factor' is gone: ASHA is no longer used; both backends stop "
+                "trials by the median rule (early_stopping.warmup_epochs, min_completed_trials)"
+            )
+        return value
+
 
 class ParallelSection(_Section):
     """How trials share machines when several run at once (Ray backend; also sizes worker threads)."""

@@ -31,6 +31,7 @@ from autokd.quantize import (
     top1,
 )
 from autokd.record import StudyRecord, load_records
+from autokd.registry import load_extension_files
 from autokd.resources import load_study_data
 from autokd.storage import trial_dir
 from autokd.students import count_parameters
@@ -105,6 +106,7 @@ def export_trial(
     weights = trial_dir(run_dir, number) / STUDENT_WEIGHTS
     if not weights.exists():
         raise ExportError(f"trial {number} kept no student weights ({weights} not found)")
+    load_extension_files(records.extensions)  # a family, dataset or backend may come from them
     study = parse_study(records.settings, f"{run_dir} (stored study)")
     config = TrialConfig.from_dict(record.config)
     backend = BACKENDS.get(config.quantization_backend)
@@ -165,6 +167,7 @@ def export_trial(
             "test_accuracy_of_artifact": accuracy,
             "recorded_by_study": {key: attrs.get(key) for key in RECORDED_METRICS if key in attrs},
         },
+        "extensions": records.extensions,  # trusted code the data or student may need (see docs/methods.md)
         "versions": _versions(),
         "cpu": cpu_model(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -201,6 +204,7 @@ def evaluate_export(directory: str | Path, split: str = "test") -> tuple[float, 
     if not card_path.exists():
         raise ExportError(f"{directory} is not an export folder ({MODEL_CARD} not found)")
     card = json.loads(card_path.read_text())
+    load_extension_files(card.get("extensions", []))
     data_settings = {k: v for k, v in card["data"].items() if k not in ("seed", "splits")}
     study = parse_study({"name": card["study"], "seed": card["data"]["seed"], "data": data_settings})
     data = load_study_data(study)

@@ -1,7 +1,8 @@
 """Early stopping for multi-objective studies, where Optuna's pruners and Trial.report do not work.
 
 The rule (median stopping): after ``warmup_epochs``, a trial whose validation top-1 at epoch k is
-below the median of the completed trials' validation top-1 at epoch k stops. A pure function; both
+below the median of the given completed trials' validation top-1 at epoch k stops (the runner passes
+the completed trials of the same student family). A pure function; both
 drivers apply it through :meth:`autokd.runner.TrialRunner.early_stop` and record a stopped trial PRUNED.
 """
 

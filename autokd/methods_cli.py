@@ -12,7 +12,6 @@ import inspect
 from pathlib import Path
 
 
-
 def add_method_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``methods`` command (alias ``plugins``), with ``list`` and ``show``, to the ``autokd`` parser."""
     parser = subparsers.add_parser(

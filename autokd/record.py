@@ -119,6 +119,7 @@ class StudyRecord:
     data: dict
     executions: list[dict]
     trials: list[TrialRecord]
+    extensions: list[str] = field(default_factory=list)  # extension files the study loaded (absolute)
 
     def trial(self, number: int) -> TrialRecord:
         """Trial ``number``; ``KeyError`` when the study has none by that number."""
@@ -172,6 +173,7 @@ def records_of(study: optuna.Study, run_dir: Path) -> StudyRecord:
         data=attrs.get("data", {}),
         executions=list(attrs.get("executions", [])),
         trials=[_record(t, interrupted) for t in study.get_trials(deepcopy=False)],
+        extensions=list(attrs.get("extensions", [])),
     )
 
 

@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -214,4 +214,3 @@ def load_extension_files(paths: Iterable[str | Path]) -> None:
 def registries() -> list[Registry]:
     """Every registry, in creation order."""
     return list(_registries)
-

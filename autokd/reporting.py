@@ -91,7 +91,9 @@ def trials_frame(records: StudyRecord) -> pd.DataFrame:
         row["runtime"] = latency.get("runtime")
         row["runtime_version"] = latency.get("runtime_version")
         row["flags"] = "; ".join(_flags(attrs))
-        history = record.result.val_accuracy_per_epoch if record.result else attrs.get("val_accuracy_per_epoch", [])
+        history = (
+            record.result.val_accuracy_per_epoch if record.result else attrs.get("val_accuracy_per_epoch", [])
+        )
         row["val_accuracy_per_epoch"] = " ".join(f"{v:.4f}" for v in history)
         rows.append(row)
     trials = pd.DataFrame(rows)

@@ -99,6 +99,8 @@ def describe_study(optuna_study: optuna.Study, resources: Resources, lock: Path)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna_study.set_metric_names(list(OBJECTIVES))
     optuna_study.set_user_attr("study", json.loads(study.model_dump_json()))
+    # Resolved, so that export and report can load the same extension files from anywhere.
+    optuna_study.set_user_attr("extensions", [str(p.resolve()) for p in resources.extension_paths])
     optuna_study.set_user_attr(
         "teacher",
         {
@@ -182,7 +184,9 @@ def open_study(
     return optuna_study
 
 
-def fail_dead_trials(optuna_study: optuna.Study, location: StorageLocation, log: Callable[[str], None]) -> None:
+def fail_dead_trials(
+    optuna_study: optuna.Study, location: StorageLocation, log: Callable[[str], None]
+) -> None:
     """Fail the trials whose process is gone: by heartbeat on a database, else every RUNNING trial.
 
     Without heartbeats this cannot tell a dead process's trial from a live one's: call it only before
@@ -370,4 +374,3 @@ class TrialRunner:
         """Record and tell the study (for drivers that ask and tell rather than optimize)."""
         values = self.record(trial, config, outcome) if config is not None else None
         self.optuna_study.tell(trial, values=values, state=outcome.state)
-

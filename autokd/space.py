@@ -33,7 +33,10 @@ def method_ranges(study: Study, name: str) -> dict[str, Hyperparameter]:
     """The hyperparameters method ``name`` brings, with the study's narrower ranges applied."""
     ranges = dict(METHODS.get(name).hyperparameters)
     for key, (low, high) in study.search_space.method_params.get(name, {}).items():
-        ranges[key] = Hyperparameter(low=low, high=high, default=min(max(ranges[key].default, low), high))
+        spec = ranges[key]
+        ranges[key] = Hyperparameter(
+            low=low, high=high, default=min(max(spec.default, low), high), log=spec.log
+        )
     return ranges
 
 
@@ -42,6 +45,12 @@ def check_study(study: Study) -> None:
 
     Call after the study's extension files are loaded; raises :class:`StudyFileError` (one line).
     """
+    from autokd.data import DATASETS
+
+    if study.data.dataset not in DATASETS:
+        raise StudyFileError(
+            f"field 'data.dataset' = {study.data.dataset!r}: unknown dataset; allowed: {', '.join(DATASETS.names())}"
+        )
     space = study.search_space
     for i, family in enumerate(space.families):
         if family not in FAMILIES:

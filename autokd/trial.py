@@ -272,7 +272,9 @@ def train_student(
     train(student, data.train_x, data.train_y, settings, on_epoch=after_epoch, **common)
     if qat_epochs:
         # the stages the training loop asks for: every method's, in ascending order
-        indices = sorted({i for e in methods for i in feature_stage_indices(student, e.method.needs_features)})
+        indices = sorted(
+            {i for e in methods for i in feature_stage_indices(student, e.method.needs_features)}
+        )
         qat_student = prepare_qat(student, data.train_x[: config.batch_size], indices)
         settings = dataclasses.replace(settings, epochs=qat_epochs, lr=config.lr * QAT_LR_FACTOR)
         train(

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 from autokd.config import load_study_file
+from autokd.methods import METHODS as METHOD_REGISTRY
 from autokd.methods import load_methods
-from autokd.search import load_study_data
+from autokd.resources import load_study_data
 from autokd.students import STEM_CHOICES, build_student, stem_for
 from autokd.teacher import prepare_teacher
 from autokd.teacher_cache import build_teacher_outputs
 from autokd.train import TrainSettings, evaluate, train
-from autokd.trial import TrialConfig, build_plugins
+from autokd.trial import TrialConfig, build_methods
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {
@@ -44,8 +45,10 @@ def main() -> None:
         "--stem", choices=STEM_CHOICES, default="auto", help="ResNet stem, as search_space.stem"
     )
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--loss-weight", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=4.0, help="for the methods that soften logits")
+    parser.add_argument(
+        "--distillation-share", type=float, default=0.7, help="loss = (1 - share) CE + share x distillation"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs")
     args = parser.parse_args()
@@ -73,8 +76,12 @@ def main() -> None:
                 depth=args.depth,
                 stem=stem_for(args.family, data.image_size, args.stem),
                 methods=methods,
-                temperature=args.temperature,
-                loss_weight=args.loss_weight,
+                distillation_share=args.distillation_share if methods else 0.0,
+                method_params={
+                    name: {"temperature": args.temperature}
+                    for name in methods
+                    if "temperature" in METHOD_REGISTRY.get(name).hyperparameters
+                },
                 epochs=args.epochs,
                 seed=seed,
             )
@@ -87,7 +94,7 @@ def main() -> None:
                 in_chans=data.in_chans,
                 stem=stem_for(args.family, data.image_size, args.stem),
             )
-            plugins = build_plugins(config, student, teacher.model, data.num_classes)
+            weighted = build_methods(config, student, teacher.model, data.num_classes)
             start = time.perf_counter()
             train(
                 student,
@@ -100,9 +107,9 @@ def main() -> None:
                     study.training.weight_decay,
                     seed,
                 ),
-                plugins=plugins,
-                temperature=args.temperature,
-                teacher=outputs if plugins else None,
+                methods=weighted,
+                distillation_share=config.distillation_share,
+                teacher=outputs if weighted else None,
             )
             seconds.append(time.perf_counter() - start)
             accuracies.append(evaluate(student, data.test_x, data.test_y))
@@ -114,8 +121,8 @@ def main() -> None:
 
 
 def _teacher_stages(method: str, model: torch.nn.Module) -> list[int]:
-    from autokd.methods import METHODS
     from autokd.features import feature_stage_indices
+    from autokd.methods import METHODS
 
     return feature_stage_indices(model, METHODS.get(method).needs_features)
 

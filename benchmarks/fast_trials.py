@@ -25,15 +25,16 @@ import optuna
 import torch
 import torch.nn.functional as F
 
+import autokd
 from autokd.config import load_study_file
 from autokd.methods import METHODS, load_methods
 from autokd.pareto import OBJECTIVES, hypervolume
-from autokd.report import load_results
-from autokd.search import load_study_data, run_search
+from autokd.reporting import load_results
+from autokd.resources import load_study_data
 from autokd.students import STEM_CHOICES, build_student, stem_for
 from autokd.teacher import prepare_teacher
 from autokd.teacher_cache import build_teacher_outputs
-from autokd.train import TrainSettings, WeightedPlugin, train
+from autokd.train import TrainSettings, WeightedMethod, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,11 +63,9 @@ def epoch_seconds(args, study, data, teacher) -> None:
     for _round, (label, outputs) in itertools.product(range(args.rounds), configs):
         torch.manual_seed(0)
         student = benchmark_student(args, data)
-        plugins = [WeightedPlugin(METHODS.get("hinton_kd")(), 1.0)] if outputs is not None else []
+        methods = [WeightedMethod(METHODS.get("hinton_kd")(), 1.0)] if outputs is not None else []
         start = time.perf_counter()
-        train(
-            student, data.train_x, data.train_y, settings, plugins=plugins, temperature=4.0, teacher=outputs
-        )
+        train(student, data.train_x, data.train_y, settings, methods=methods, teacher=outputs)
         seconds = (time.perf_counter() - start) / args.epochs
         rows[label] = min(seconds, rows.get(label, seconds))
     base = rows["hard labels only"]
@@ -155,7 +154,9 @@ def sampler_hypervolume(args) -> None:
             doc["sampler"].update(kind=kind, startup_trials=args.startup)
             study = type(base).model_validate(doc)
             # the teacher is shared through runs/_teachers; the study itself is thrown away afterwards
-            outcome = run_search(study, runs_root=runs, log=lambda _: None, progress=False)
+            outcome = autokd.search(
+                study, runs_dir=runs, log=lambda _: None, progress=False, reports_dir=None
+            )
             res = load_results(outcome.run_dir)
             done = res.trials[res.trials["state"] == "COMPLETE"]
             ref = res.reference_point

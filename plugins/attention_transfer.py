@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from autokd.methods.builtin._shapes import deepest_pairs
 
 from autokd.methods import DistillInputs, Hyperparameter, Method, register_method
-from autokd.methods.builtin._shapes import deepest_pairs
 
 _P = 2  # the paper's choice of exponent for the attention maps
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from autokd.methods.builtin._shapes import matched_spatial
 from torch import nn
 
 from autokd.methods import DistillInputs, Hyperparameter, Method, ModelInfo, register_method
-from autokd.methods.builtin._shapes import matched_spatial
 
 
 @register_method("fitnets")

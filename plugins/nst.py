@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from autokd.methods.builtin._shapes import deepest_pairs, matched_spatial
 
 from autokd.methods import DistillInputs, Hyperparameter, Method, register_method
-from autokd.methods.builtin._shapes import deepest_pairs, matched_spatial
 
 
 @register_method("nst")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from autokd.methods.builtin._shapes import pooled
 
 from autokd.methods import DistillInputs, Hyperparameter, Method, register_method
-from autokd.methods.builtin._shapes import pooled
 
 _EPS = 1e-7  # the authors' eps, in the norm's denominator and inside the log
 

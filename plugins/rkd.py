@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from autokd.methods.builtin._shapes import pooled
 
 from autokd.methods import DistillInputs, Hyperparameter, Method, register_method
-from autokd.methods.builtin._shapes import pooled
 
 _EPS = 1e-12
 

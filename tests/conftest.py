@@ -58,6 +58,17 @@ def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("runs")
 
 
+@pytest.fixture(scope="session")
+def tiny_resources(shared_runs: Path):
+    """Data, teacher and teacher outputs of the tiny study (the teacher trained once per session)."""
+    from autokd.config import parse_study
+    from autokd.resources import prepare_resources
+
+    return prepare_resources(
+        parse_study(copy.deepcopy(TINY_STUDY)), runs_root=shared_runs, log=lambda _: None
+    )
+
+
 @pytest.fixture
 def tiny_study() -> dict:
     """A fresh copy of the tiny study document."""

@@ -39,7 +39,7 @@ def test_reversed_range_names_field_and_value():
 
 
 def test_non_positive_range_is_rejected():
-    assert "must be > 0" in error_of({"name": "a", "search_space": {"temperature": [0, 4]}})
+    assert "must be > 0" in error_of({"name": "a", "search_space": {"width": [0, 0.5]}})
 
 
 def test_sampler_kind_lists_allowed_values():
@@ -146,9 +146,35 @@ def test_parallel_settings_name_the_field():
     assert "parallel.max_concurrent_trials" in error_of(
         {"name": "a", "parallel": {"max_concurrent_trials": 0}}
     )
-    assert "early_stopping.reduction_factor" in error_of(
-        {"name": "a", "early_stopping": {"reduction_factor": 1}}
+
+
+def test_early_stopping_has_one_rule_for_both_backends():
+    # ASHA's reduction factor is gone: the median rule runs on both backends
+    assert "field 'early_stopping.reduction_factor' is gone: ASHA is no longer used" in error_of(
+        {"name": "a", "early_stopping": {"reduction_factor": 3}}
     )
+
+
+@pytest.mark.parametrize("field", ["temperature", "loss_weight"])
+def test_a_01_study_with_a_shared_temperature_or_loss_weight_is_told_where_they_went(field):
+    message = error_of({"name": "a", "search_space": {field: [1, 4]}})
+    assert f"field 'search_space.{field}' is gone" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("share", [[0.2, 1.0], [-0.1, 0.5], 1.5])
+def test_a_distillation_share_outside_zero_to_one_is_refused(share):
+    assert "the distillation share must lie in [0, 1)" in error_of(
+        {"name": "a", "search_space": {"distillation_share": share}}
+    )
+
+
+def test_a_single_distillation_share_is_a_fixed_setting():
+    study = parse_study({"name": "a", "search_space": {"distillation_share": 0.7}})
+    assert study.search_space.distillation_share == (0.7, 0.7)
+
+
+def test_the_01_key_plugins_still_names_extension_files():
+    assert parse_study({"name": "a", "plugins": ["mine.py"]}).extensions == ["mine.py"]
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,9 @@ def test_completed_trials_store_objectives_settings_and_the_student(tiny_study, 
     assert {"family", "width", "depth", "method", "distillation_share", "hinton_kd.temperature"} <= set(
         record.params
     )
-    assert record.result.retention == pytest.approx(record.result.int8_accuracy / result.records.teacher["test_accuracy"])
+    assert record.result.retention == pytest.approx(
+        record.result.int8_accuracy / result.records.teacher["test_accuracy"]
+    )
     assert record.result.backend == record.result.runtime == "onnxruntime"
     assert record.config["family"] == record.params["family"]
     assert (trial_dir(result.run_dir, record.number) / STUDENT_WEIGHTS).exists()
@@ -108,7 +110,9 @@ def test_a_trial_below_the_median_is_stopped_recorded_pruned_and_reported(
     study["budget"].update(trials=3, epochs=3, time_limit_minutes=0.25)
     study["early_stopping"] = {"warmup_epochs": 1, "min_completed_trials": 2}
     # two perfect students: nobody beats their median, so every new trial stops after epoch 2
-    _seed_completed(shared_runs / study["name"], study["name"], [([0.9, 10.0, 1.0], [1.0] * 3)] * 2, ["resnet"])
+    _seed_completed(
+        shared_runs / study["name"], study["name"], [([0.9, 10.0, 1.0], [1.0] * 3)] * 2, ["resnet"]
+    )
     result = search_with(study, runs_dir=shared_runs)
     stopped = [t for t in result.records.trials if t.stop is not None]
     assert stopped and all(t.state == "PRUNED" for t in stopped)
@@ -125,7 +129,9 @@ def test_the_prescreen_skips_a_dominated_student_without_counting_it(tiny_study,
     study["prescreen"] = True
     study["budget"].update(trials=2, time_limit_minutes=0.25)
     # above the floor, infinitely small and fast: every sampled student is dominated
-    _seed_completed(shared_runs / study["name"], study["name"], [([0.99, 1e9, 1e-6], [0.9])], ["resnet", "convnext"])
+    _seed_completed(
+        shared_runs / study["name"], study["name"], [([0.99, 1e9, 1e-6], [0.9])], ["resnet", "convnext"]
+    )
     result = search_with(study, runs_dir=shared_runs)
     skipped = [t for t in result.records.trials if t.prescreened is not None]
     assert skipped and all(t.state == "PRUNED" and t.prescreened["dominated_by"] == 0 for t in skipped)
@@ -141,7 +147,9 @@ def test_rerunning_a_finished_study_runs_no_new_trial(tiny_study, shared_runs, s
     assert len(again.records.trials) == 1 and again.stopped_reason == StopReason.BUDGET
 
 
-def test_a_search_leaves_torch_threads_and_optuna_logging_as_it_found_them(tiny_study, shared_runs, search_with):
+def test_a_search_leaves_torch_threads_and_optuna_logging_as_it_found_them(
+    tiny_study, shared_runs, search_with
+):
     import torch
 
     threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()

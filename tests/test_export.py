@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import optuna
 import pytest
 
 import autokd
@@ -12,7 +11,8 @@ from autokd.cli import main
 from autokd.config import parse_study
 from autokd.deploy import MODEL_CARD, ExportError, evaluate_export, export_trial
 from autokd.quantize import top1
-from autokd.search import journal_storage, load_study_data, run_search, trial_dir
+from autokd.resources import load_study_data
+from autokd.storage import trial_dir
 from autokd.trial import STUDENT_WEIGHTS
 
 
@@ -25,11 +25,10 @@ def _one_trial_study(tiny_study: dict, name: str, backend: str) -> dict:
 
 
 def _completed_trial(tiny_study, shared_runs, name: str, backend: str):
-    study = parse_study(_one_trial_study(tiny_study, name, backend))
-    outcome = run_search(study, runs_root=shared_runs, log=lambda _: None, progress=False)
-    assert outcome.completed == 1
-    trial = optuna.load_study(study_name=name, storage=journal_storage(outcome.run_dir)).trials[0]
-    return outcome.run_dir, trial
+    study = _one_trial_study(tiny_study, name, backend)
+    result = autokd.search(study, runs_dir=shared_runs, log=lambda _: None, progress=False, reports_dir=None)
+    assert result.completed == 1
+    return result.run_dir, result.records.trials[0]
 
 
 @pytest.mark.slow
@@ -50,7 +49,7 @@ def test_exported_artifact_reproduces_the_int8_accuracy_the_study_recorded(
     )
     for section in ("metrics", "settings", "teacher", "data", "versions", "runtime", "runtime_version"):
         assert card[section]
-    recorded = trial.user_attrs["int8_accuracy"]
+    recorded = trial.result.int8_accuracy
     assert card["metrics"]["recorded_by_study"]["int8_accuracy"] == recorded
 
     # The artifact alone, loaded by the public API and run on the study's test split.
@@ -75,3 +74,10 @@ def test_export_defaults_to_the_run_folder_and_rejects_missing_trials(tiny_study
     assert result.directory == run_dir / "exports" / "trial-0" and result.artifact.exists()
     with pytest.raises(ExportError, match="no trial 7"):
         export_trial(run_dir, 7)
+
+
+@pytest.mark.slow
+def test_an_unknown_export_format_names_the_registered_ones(tiny_study, shared_runs):
+    run_dir, _ = _completed_trial(tiny_study, shared_runs, "export-default", "onnxruntime")
+    with pytest.raises(ExportError, match=r"--format tflite: allowed: onnx, pt2"):
+        autokd.export(run_dir, 0, format="tflite")

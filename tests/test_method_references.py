@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import autokd.methods.builtin as builtin
 import numpy as np
 import pytest
 import torch
 
-import autokd.methods.builtin as builtin
 from autokd.methods import METHODS, DistillInputs, ModelInfo
 
 METHODS.load()

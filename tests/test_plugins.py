@@ -13,11 +13,11 @@ import re
 import sys
 from pathlib import Path
 
+import autokd.methods.builtin as plugins
 import numpy as np
 import pytest
 import torch
 
-import autokd.methods.builtin as plugins
 from autokd.methods import METHODS, DistillInputs, ModelInfo, load_methods
 
 METHODS.load()

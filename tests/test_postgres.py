@@ -26,10 +26,8 @@ from optuna.trial import TrialState
 
 from autokd.cli import main
 from autokd.config import parse_study
-from autokd.search import prepare_resources
+from autokd.resources import prepare_resources
 from autokd.storage import JOURNAL, with_installed_driver
-from tests.conftest import write_study
-from tests.test_search import trials_of
 
 
 def _postgres_program(name: str) -> str:
@@ -121,7 +119,7 @@ def _database_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 @pytest.mark.slow
 def test_two_machines_share_one_postgresql_study_and_the_report_reads_it(
-    tiny_study, shared_runs, tmp_path, postgres_url
+    tiny_study, shared_runs, tmp_path, postgres_url, write_study, trials_of
 ):
     tiny_study["name"] = "pg-shared"
     tiny_study["budget"]["trials"] = 3
@@ -151,7 +149,7 @@ def test_two_machines_share_one_postgresql_study_and_the_report_reads_it(
 
 @pytest.mark.slow
 def test_a_trial_whose_worker_died_is_failed_by_heartbeat_and_run_again(
-    tiny_study, shared_runs, tmp_path, postgres_url
+    tiny_study, shared_runs, tmp_path, postgres_url, write_study, trials_of
 ):
     tiny_study["name"] = "pg-heartbeat"
     tiny_study["budget"]["trials"] = 2

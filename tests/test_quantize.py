@@ -17,7 +17,7 @@ from autokd.quantize import (
     predict,
     quantize,
 )
-from autokd.search import validate_against_registries
+from autokd.space import check_study
 from autokd.students import FAMILIES, build_student, stem_for
 from autokd.train import TrainSettings, train
 
@@ -30,7 +30,7 @@ CLAIMED = [
     (family, stem, backend)
     for backend in BACKEND_NAMES
     for family in FAMILIES.names()
-    if family not in BACKENDS.get(backend).unsupported_families
+    if BACKENDS.get(backend).refusal(family) is None
     for stem in dict.fromkeys([stem_for(family, 32), "imagenet"])
 ]
 
@@ -102,14 +102,31 @@ def test_quantize_without_calibration_data_is_an_error():
 
 
 def test_a_study_pairing_a_family_with_a_backend_that_does_not_support_it_is_rejected():
-    backend = BACKENDS.get("onnxruntime")
-    if not backend.unsupported_families:
-        pytest.skip("onnxruntime supports every family")
-    family = sorted(backend.unsupported_families)[0]
-    # methods: none, so that the check does not depend on built-in plugins being loaded yet
-    study = parse_study({"name": "s", "search_space": {"families": ["resnet", family], "methods": ["none"]}})
-    with pytest.raises(StudyFileError, match=rf"families.1' = '{family}': not supported by .*onnxruntime"):
-        validate_against_registries(study)
+    study = parse_study({"name": "s", "search_space": {"families": ["resnet", "mobilenetv3"]}})
+    with pytest.raises(
+        StudyFileError,
+        match=r"families.1' = 'mobilenetv3': not supported by quantization backend 'onnxruntime' \(its INT8",
+    ):
+        check_study(study)
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_a_family_that_claims_a_backend_is_accepted_there():
+    from autokd.students import register_family
+
+    register_family("autokd_test_claims", int8_backends=("onnxruntime",))(lambda w, d, **kw: nn.Linear(1, 1))
+    study = parse_study({"name": "s", "search_space": {"families": ["autokd_test_claims"]}})
+    check_study(study)  # no error: the family says it passes on onnxruntime
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_a_family_nobody_measured_on_a_backend_is_refused_there():
+    from autokd.students import register_family
+
+    register_family("autokd_test_unmeasured")(lambda w, d, **kw: nn.Linear(1, 1))
+    study = parse_study({"name": "s", "search_space": {"families": ["autokd_test_unmeasured"]}})
+    with pytest.raises(StudyFileError, match="never measured on this backend"):
+        check_study(study)
 
 
 @pytest.fixture(scope="module")

@@ -114,4 +114,3 @@ def load_splits(
         test_y=labels(raw.test_labels),
         num_classes=raw.num_classes,
     )
-

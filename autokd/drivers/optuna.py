@@ -134,7 +134,9 @@ def _worker_main(task: _WorkerTask, outcomes) -> None:
             )
             storage = task.location.open()
             study = task.study
-            previous = len(optuna.load_study(study_name=study.name, storage=storage).get_trials(deepcopy=False))
+            previous = len(
+                optuna.load_study(study_name=study.name, storage=storage).get_trials(deepcopy=False)
+            )
             # Every worker draws its own random sequence: same-seeded workers would propose the same
             # settings. (Spread the pid out: consecutive pids plus trial counts one apart would collide.)
             sampler = make_sampler(study, offset=previous + 65_537 * os.getpid())
@@ -261,8 +263,12 @@ def run(
                 )
         else:
             log(f"{workers} worker processes on {location.describe()}")
-            failed_now, reason = _run_workers(study, runs_root, study_path, location, workers, budget.deadline)
+            failed_now, reason = _run_workers(
+                study, runs_root, study_path, location, workers, budget.deadline
+            )
         if storage_url:
             copy_to_journal(optuna_study, resources.run_dir)
-            log(f"copied the study from {location.describe()} into {resources.run_dir / JOURNAL} for the report")
+            log(
+                f"copied the study from {location.describe()} into {resources.run_dir / JOURNAL} for the report"
+            )
         return DriverOutcome(resources.run_dir, completed_count(optuna_study), failed_now, reason)

@@ -47,7 +47,6 @@ from autokd.runner import (
 from autokd.storage import StorageLocation, trial_dir
 from autokd.trial import TeacherReference, TrialConfig, TrialResult, run_trial
 
-
 try:
     import ray
     from ray import tune
@@ -231,9 +230,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def tune_study(
-    runner: TrialRunner, budget: Budget, trainable, *, ray_dir: Path
-) -> tuple[int, StopReason]:
+def tune_study(runner: TrialRunner, budget: Budget, trainable, *, ray_dir: Path) -> tuple[int, StopReason]:
     """Run ``trainable`` through ray.tune.Tuner until the study's budget is complete; return (trials
     failed, why it stopped). Needs a connected Ray (see :func:`ray_session`)."""
     study = runner.study

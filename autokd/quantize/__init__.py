@@ -108,7 +108,9 @@ BACKENDS: Registry[QuantizationBackend] = Registry("quantization backend", built
 DEFAULT_BACKEND = "onnxruntime"
 
 
-def register_backend(name: str, **metadata) -> Callable[[type[QuantizationBackend]], type[QuantizationBackend]]:
+def register_backend(
+    name: str, **metadata
+) -> Callable[[type[QuantizationBackend]], type[QuantizationBackend]]:
     """Class decorator: instantiate the backend with ``name`` and its metadata and register it."""
 
     def decorator(cls: type[QuantizationBackend]) -> type[QuantizationBackend]:
@@ -213,4 +215,3 @@ def fp32_weight_bytes(model: nn.Module) -> int:
 def tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
     """Bytes of ``tensors`` at their own dtypes' widths, counted from element counts."""
     return sum(t.numel() * t.element_size() for t in tensors)
-

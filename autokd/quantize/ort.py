@@ -4,12 +4,11 @@ The FP32 student is exported to ONNX in eval mode (BatchNorm folded into the con
 pre-processing runs shape inference and graph fusions, and ``quantize_static`` inserts Q/DQ pairs
 calibrated on the training batches; ORT fuses Q/DQ around Conv, Gemm and MatMul into integer kernels
 at session creation and folds ReLU into the preceding quantized convolution. The classifier's output
-(the logits) stays FP32: quantizing it to 256 levels only creates argmax ties. s8 activations are
-2-7× slower than u8 on x86 (measured for the issue), so u8 it is.
+(the logits) stays FP32: quantizing it to 256 levels only creates argmax ties. u8 activations, since
+s8 ones are several times slower on x86 (docs/quantization.md).
 
-The legacy TorchScript exporter is used while torch ships it: it exports a small student in 0.1 s
-against 2-7 s for the torch.export-based exporter (measured with torch 2.14.1), which would be most
-of a trial's quantization budget; the torch.export exporter takes over when the legacy one is gone.
+The legacy TorchScript exporter is used while torch ships it: it is an order of magnitude faster on
+small students than the torch.export-based exporter, which takes over when the legacy one is gone.
 """
 
 from __future__ import annotations
@@ -191,7 +190,7 @@ def quantize_onnx(model_bytes: bytes, calibration: Sequence[torch.Tensor]) -> by
     supported_families=("resnet", "convnext"),
     refusals={
         "mobilenetv3": "its INT8 model agrees with FP32 on 95.5-96.6% of test images of trained Fashion-MNIST "
-            "students, below the 98% bar, with or without QAT; see docs/quantization.md",
+        "students, below the 98% bar, with or without QAT; see docs/quantization.md",
     },
 )
 @dataclass(frozen=True)
@@ -220,4 +219,3 @@ class OnnxRuntimeBackend(QuantizationBackend):
         nodes = onnx.load_from_string(model_bytes).graph.node
         quantized = any(node.op_type in ("QuantizeLinear", "QLinearConv") for node in nodes)
         return OnnxRuntimeModel(model_bytes, "int8" if quantized else "fp32")
-

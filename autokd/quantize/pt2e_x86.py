@@ -162,7 +162,7 @@ class CompiledTorchModel(DeployedModel):
     supported_families=("resnet", "convnext"),
     refusals={
         "mobilenetv3": "its INT8 model agrees with FP32 on 97.2% of test images of trained Fashion-MNIST "
-            "students, below the 98% bar; see docs/quantization.md",
+        "students, below the 98% bar; see docs/quantization.md",
     },
 )
 @dataclass(frozen=True)
@@ -190,4 +190,3 @@ class PT2EX86Backend(QuantizationBackend):
         graph = program.module()
         placeholder = next(n for n in graph.graph.nodes if n.op == "placeholder")
         return CompiledTorchModel(graph, "int8", tuple(int(s) for s in placeholder.meta["val"].shape[1:]))
-

@@ -65,7 +65,9 @@ class StudentFamily:
             raise ValueError(f"stem: '{stem}' is not one of {', '.join(STEMS)}")
         if stem not in self.stems:
             with_it = ", ".join(name for name, family in FAMILIES.items() if stem in family.stems)
-            raise ValueError(f"stem: family '{self.name}' has no '{stem}' stem (families with one: {with_it})")
+            raise ValueError(
+                f"stem: family '{self.name}' has no '{stem}' stem (families with one: {with_it})"
+            )
         if len(self.stems) == 1:
             return self.builder(width, depth, num_classes=num_classes, in_chans=in_chans)
         return self.builder(width, depth, num_classes=num_classes, in_chans=in_chans, stem=stem)

@@ -10,12 +10,9 @@ Two stems (``stem``):
 - ``"small"``: a 3×3 stride-2 convolution (still 64 channels) and no max-pool, so the stages see twice
   the resolution (16×16 at 32 pixels), the usual adaptation of ImageNet ResNets to small images.
 
-On 32-pixel Fashion-MNIST (hard labels, 10,800 training images) the small stem matched or beat the
-ImageNet stem's test top-1: 0.8474 against 0.8469 at width 0.125 and 0.8638 against 0.8528 at width
-0.25 after 3 epochs, 0.8824 against 0.8753 at width 0.25 after 8 (depth 0.5), for about twice the
-training time. It is also what makes INT8 pay off on small students: the ImageNet stem's 7×7
-convolution of a one-channel image is the largest layer of a narrow student and the one INT8 kernels
-speed up least (docs/quantization.md has the measurements).
+On small images the small stem is at least as accurate and is what makes INT8 pay off on narrow
+students: the ImageNet stem's 7×7 convolution of a one-channel image is their largest layer and the
+one INT8 kernels speed up least (docs/quantization.md has the measurements).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``autokd plugins list`` and ``autokd plugins show``."""
+"""``autokd methods list`` and ``autokd methods show`` (``autokd plugins`` is the 0.1 alias)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import yaml
 
 from autokd.cli import main
 from autokd.methods import METHODS
-from tests.test_plugins import BUILTIN as BUILTIN_KINDS
 
 STUDY_PLUGIN = textwrap.dedent(
     '''
@@ -40,12 +39,21 @@ def study_with_plugins(tmp_path: Path) -> Path:
     (folder / "my_plugins").mkdir(parents=True)
     (folder / "my_plugins" / "demo.py").write_text(STUDY_PLUGIN)
     study = folder / "study.yaml"
-    study.write_text(yaml.safe_dump({"name": "cli_demo", "plugins": ["my_plugins"]}))
+    study.write_text(yaml.safe_dump({"name": "cli_demo", "extensions": ["my_plugins"]}))
     return study
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["plugins", *argv])
+def builtin_kinds() -> dict[str, str]:
+    METHODS.load()
+    return {
+        name: cls.kind
+        for name, cls in METHODS.items()
+        if cls.__module__.startswith("autokd.methods.builtin.")
+    }
+
+
+def run(capsys, *argv: str, command: str = "methods") -> tuple[int, str, str]:
+    code = main([command, *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -60,13 +68,18 @@ def test_list_has_a_header_and_one_row_per_plugin(capsys):
     code, out, _ = run(capsys, "list")
     assert code == 0
     assert out.splitlines()[0].split()[:3] == ["NAME", "KIND", "NEEDS"]
-    assert set(BUILTIN_KINDS) <= set(table_rows(out))
+    assert len(builtin_kinds()) == 11 and set(builtin_kinds()) <= set(table_rows(out))
 
 
-def test_list_shows_each_plugins_kind(capsys):
+def test_the_01_command_name_plugins_still_lists_them(capsys):
+    code, out, _ = run(capsys, "list", command="plugins")
+    assert code == 0 and "hinton_kd" in table_rows(out)
+
+
+def test_list_shows_each_methods_kind(capsys):
     _, out, _ = run(capsys, "list")
     rows = table_rows(out)
-    for name, kind in BUILTIN_KINDS.items():
+    for name, kind in builtin_kinds().items():
         assert rows[name][1] == kind
 
 
@@ -82,9 +95,9 @@ def test_list_shows_what_each_plugin_needs(capsys):
 def test_list_shows_hyperparameter_defaults_and_ranges(capsys):
     _, out, _ = run(capsys, "list")
     rows = table_rows(out)
-    assert rows["dkd"][3] == "alpha=1 [0.25, 4, log]; beta=8 [0.25, 16, log]"
-    assert rows["tf_kd"][3] == "correct_prob=0.9 [0.5, 0.99]"
-    assert rows["hinton_kd"][3] == "-"
+    assert rows["dkd"][3] == "alpha=1 [0.25, 4, log]; beta=8 [0.25, 16, log]; temperature=4 [1, 8]"
+    assert rows["hinton_kd"][3] == "temperature=4 [1, 8]"
+    assert rows["fitnets"][3] == "beta=100 [10, 1000, log]"
 
 
 def test_show_prints_the_docstring_defaults_and_origin(capsys):
@@ -97,17 +110,21 @@ def test_show_prints_the_docstring_defaults_and_origin(capsys):
     assert "Park, Kim, Lu & Cho" in out
 
 
-def test_show_says_when_a_plugin_has_no_hyperparameters(capsys):
-    _, out, _ = run(capsys, "show", "hinton_kd")
+@pytest.mark.usefixtures("clean_registry")
+def test_show_says_when_a_method_has_no_hyperparameters(capsys):
+    from autokd.methods import Method, register_method
+
+    register_method("autokd_test_bare")(type("Bare", (Method,), {"kind": "response", "__doc__": "Bare."}))
+    _, out, _ = run(capsys, "show", "autokd_test_bare")
     assert "hyperparameters: none" in out
 
 
-def test_show_unknown_plugin_exits_2_with_one_line(capsys):
+def test_show_unknown_method_exits_2_with_one_line(capsys):
     code, out, err = run(capsys, "show", "no_such_plugin")
     assert code == 2
     assert out == ""
     assert len(err.strip().splitlines()) == 1
-    assert err.startswith("autokd: error: unknown distillation plugin 'no_such_plugin'; available: ")
+    assert err.startswith("autokd: error: unknown distillation method 'no_such_plugin'; available: ")
 
 
 @pytest.mark.usefixtures("clean_registry")

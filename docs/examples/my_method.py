@@ -1,7 +1,7 @@
-"""A complete minimal distillation plugin: regress the teacher's logits (see docs/plugins.md).
+"""A complete minimal distillation method: regress the teacher's logits (see docs/methods.md).
 
-Put a file like this one in a folder, name the file or the folder under ``plugins:`` in a study file,
-and use the plugin's name in ``search_space.methods``.
+Put a file like this one next to your study file (or in a folder), name the file or the folder under
+``extensions:`` in the study file, and use the method's name in ``search_space.methods``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokd.methods import Method, DistillInputs, register_method
+from autokd.methods import DistillInputs, Method, register_method
 
 
 @register_method("logit_mse")
@@ -17,7 +17,7 @@ class LogitMSE(Method):
     """Logit matching (response kind): mean squared error between student and teacher logits.
 
     Ba & Caruana, "Do Deep Nets Really Need to be Deep?", NeurIPS 2014.
-    Logits are compared directly, so the temperature plays no part.
+    Logits are compared directly, without softening, so this method has no temperature.
     """
 
     kind = "response"
