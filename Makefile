@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= $(shell test -d /etc/xdg/pip && echo "torch==2.14.1 torchvision==0.29.1" || echo "torch torchvision")
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: quickstart test smoke lint data postgresql clean
+.PHONY: quickstart test smoke lint data postgresql chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +38,21 @@ postgresql:
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	else echo "install PostgreSQL (initdb and pg_ctl) for the database tests" >&2; exit 1; fi
 
+# Chromium for the report's browser test: Debian's package, run headless by the test.
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then echo "Chromium: present"; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "install Chromium (the report's browser test opens the report in it)" >&2; exit 1; fi
+
 quickstart: $(VENV)/.installed data
 	$(BIN)/autokd search studies/quickstart.yaml
 
 smoke: $(VENV)/.installed
 	$(BIN)/autokd search studies/smoke.yaml
 
-test: $(VENV)/.installed-test data postgresql
+test: $(VENV)/.installed-test data postgresql chromium
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(VENV)/.installed-test

@@ -7,6 +7,8 @@ answers at once.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from pathlib import Path
 
@@ -37,6 +39,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+LOG = logging.getLogger("autokd")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Progress lines go to stdout through the ``autokd`` logger: ``--quiet`` keeps warnings only,
+    ``--verbose`` adds debug lines."""
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    LOG.handlers[:] = [handler]
+    LOG.setLevel(level)
+    LOG.propagate = False
+
+
 def _search(args: argparse.Namespace) -> int:
     import autokd
 
@@ -49,7 +65,8 @@ def _search(args: argparse.Namespace) -> int:
         storage=args.storage,
         heartbeat_interval=args.heartbeat_interval,
         address=args.address,
-        progress=not args.no_progress,
+        progress=not (args.no_progress or args.quiet),
+        log=LOG.info,
     )
     print(
         f"{result.completed} completed trials (stopped by {result.stopped_reason}); "
@@ -92,11 +109,38 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from autokd.config import study_schema
+
+    print(json.dumps(study_schema(), indent=2))
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from autokd.config import StudyFileError, parse_study, study_template
+
+    parse_study({"name": args.name})  # the name is checked the way a study file's is
+    path = args.out or Path(f"{args.name}.yaml")
+    if path.exists() and not args.force:
+        raise StudyFileError(f"{path} exists; pass --force to overwrite it, or --out another file")
+    path.write_text(study_template(args.name))
+    print(
+        f"wrote {path}: every field with its default and what it means; edit it, then `autokd search {path}`"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``autokd`` command."""
+    import autokd
+
     parser = argparse.ArgumentParser(
         prog="autokd", description="Search distilled INT8 students and report their Pareto front."
     )
+    parser.add_argument("--version", action="version", version=f"autokd {autokd.__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the result")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="also debug lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     search = sub.add_parser("search", help="run or resume a study file")
@@ -161,12 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--split", choices=["test", "val"], default="test")
     predict.set_defaults(handler=_predict)
     add_method_commands(sub)
+
+    schema = sub.add_parser("schema", help="print the study file's JSON schema (for editors and validators)")
+    schema.set_defaults(handler=_schema)
+
+    init = sub.add_parser("init", help="write a commented study file to start from")
+    init.add_argument("name", help="the study's name (letters, digits, '_', '-', '.')")
+    init.add_argument("--out", type=Path, default=None, help="file to write (default: NAME.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(handler=_init)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on bad input (one line on stderr, no traceback)."""
     args = build_parser().parse_args(argv)
+    _configure_logging(args)
     try:
         return args.handler(args)
     except KeyboardInterrupt:

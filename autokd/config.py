@@ -354,3 +354,35 @@ def load_study_file(path: str | Path) -> Study:
         where = f" at line {mark.line + 1}" if mark else ""
         raise StudyFileError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     return parse_study(document, str(path))
+
+
+def study_schema() -> dict:
+    """The study file's JSON schema, generated from the pydantic model (never kept by hand)."""
+    return Study.model_json_schema()
+
+
+def _yaml_value(value: object) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+
+def study_template(name: str) -> str:
+    """A commented YAML study: every section and field with its default, each section's docstring as
+    its comment. Generated from the model, so it always matches what the loader accepts."""
+    lines = [
+        f"# autokd study file ({name}): every field shown with its default. Delete what you keep as is.",
+        "",
+    ]
+    defaults = Study(name=name).model_dump(mode="json")
+    for field_name, info in Study.model_fields.items():
+        value = defaults[field_name]
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            doc = (annotation.__doc__ or "").strip().splitlines()
+            lines += [f"# {line.strip()}" for line in doc if line.strip()]
+            lines.append(f"{field_name}:")
+            for key, item in value.items():
+                lines.append(f"  {key}: {_yaml_value(item)}")
+            lines.append("")
+        else:
+            lines.append(f"{field_name}: {_yaml_value(value)}")
+    return "\n".join(lines).rstrip() + "\n"

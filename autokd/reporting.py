@@ -1,8 +1,9 @@
 """The Pareto report, built only from what a study stored in its run folder.
 
-``reports/<study>/`` receives: ``index.html`` (self-contained plotly: both fronts and the table of
-front trials), ``pareto.csv`` and ``trials.csv`` (every trial with its settings and metrics) and
-``summary.md`` (teacher figures, the front, the hypervolume and the objective definitions).
+``reports/<study>/`` receives: ``index.html`` (self-contained plotly, opening with what to ship, then
+the fronts, all three objectives in one view, the optimisation history and the tables), ``pareto.csv``
+and ``trials.csv`` (every trial with every column) and ``summary.md`` (short enough for a terminal or a
+pull request: what to ship, the front in a few columns, the counts and the objective definitions).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 
 from autokd.pareto import OBJECTIVES, hypervolume, pareto_mask
 from autokd.quantize import AGREEMENT_THRESHOLD
@@ -39,6 +39,11 @@ DEFINITIONS = """\
 SETTINGS = ["family", "stem", "width", "depth", "method", "distillation_share"]
 
 
+# A latency whose interquartile range exceeds this share of its median is flagged: the machine was busy
+# while it was measured, and comparisons that rest on it (INT8 vs FP32, the front) may not hold.
+NOISY_IQR_FRACTION = 0.25
+
+
 class ReportError(RuntimeError):
     """There is no study to report on at the given path."""
 
@@ -48,6 +53,7 @@ class StudyResults:
     """A study's stored results as tables plus its fixed metadata."""
 
     name: str
+    run_dir: Path
     trials: pd.DataFrame
     teacher: dict
     reference_point: dict
@@ -85,6 +91,7 @@ def trials_frame(records: StudyRecord) -> pd.DataFrame:
         if record.error is not None:
             row["error"] = record.error
         row["worker"] = record.worker
+        row["started"], row["finished"] = record.started, record.finished
         latency = attrs.get("latency", {})
         row["latency_batch_size"] = latency.get("batch_size")
         row["latency_threads"] = latency.get("threads")
@@ -118,6 +125,7 @@ def load_results(run_dir: Path) -> StudyResults:
         raise ReportError(str(exc)) from None
     return StudyResults(
         name=records.name,
+        run_dir=Path(run_dir),
         trials=trials_frame(records),
         teacher=records.teacher,
         reference_point=records.reference_point,
@@ -126,85 +134,27 @@ def load_results(run_dir: Path) -> StudyResults:
     )
 
 
+def _noisy(latency: dict | None) -> float | None:
+    """The IQR as a fraction of the median, when it is large enough to distrust the median."""
+    if not latency or not latency.get("median_ms"):
+        return None
+    fraction = latency.get("iqr_ms", 0.0) / latency["median_ms"]
+    return fraction if fraction > NOISY_IQR_FRACTION else None
+
+
 def _flags(attrs: dict) -> list[str]:
     """What a reader must know about a trial's INT8 numbers (empty when nothing is wrong)."""
     flags = []
+    for key, what in (("latency", "INT8"), ("latency_fp32", "FP32")):
+        fraction = _noisy(attrs.get(key))
+        if fraction is not None:
+            flags.append(f"noisy {what} latency (IQR {fraction:.0%} of the median)")
     if attrs.get("int8_slower_than_fp32"):
         flags.append(f"INT8 slower than FP32 ({attrs.get('int8_speedup_vs_fp32', float('nan')):.2f}x)")
     agreement = attrs.get("int8_fp32_agreement")
     if agreement is not None and agreement < AGREEMENT_THRESHOLD:
         flags.append(f"INT8/FP32 agreement {agreement:.3f} < {AGREEMENT_THRESHOLD}")
     return flags
-
-
-def _hover(frame: pd.DataFrame) -> list[str]:
-    texts = []
-    for _, r in frame.iterrows():
-        parts = [f"trial {r['trial']}"] + [
-            f"{k}: {r[k]:.3g}" if isinstance(r[k], float) else f"{k}: {r[k]}"
-            for k in SETTINGS
-            if k in r and pd.notna(r[k])
-        ]
-        if pd.notna(r.get("parameters")):
-            parts.append(f"params: {int(r['parameters']):,}")
-        fp32 = f" (fp32 {r['retention_fp32']:.4f})" if pd.notna(r.get("retention_fp32")) else ""
-        parts += [
-            f"retention: {r['retention']:.4f}{fp32}",
-            f"compression: {r['compression']:.1f}x",
-            f"latency: {r['latency_ms']:.3f} ms",
-        ]
-        texts.append("<br>".join(parts))
-    return texts
-
-
-def _front_figure(done: pd.DataFrame, x: str, x_title: str, log_x: bool, floor: float) -> go.Figure:
-    fig = go.Figure()
-    for on_front, label, symbol in ((False, "dominated", "circle-open"), (True, "Pareto front", "star")):
-        part = done[done["on_front"] == on_front]
-        fig.add_trace(
-            go.Scatter(
-                x=part[x],
-                y=part["retention"],
-                mode="markers",
-                name=label,
-                marker={"symbol": symbol, "size": 13 if on_front else 9},
-                text=_hover(part),
-                hoverinfo="text",
-            )
-        )
-    fig.add_hline(y=floor, line_dash="dot", annotation_text="retention floor")
-    fig.update_layout(
-        title=f"INT8 retention vs {x_title}",
-        xaxis_title=x_title,
-        yaxis_title="INT8 accuracy retention",
-        template="plotly_white",
-        height=480,
-    )
-    if log_x:
-        fig.update_xaxes(type="log")
-    return fig
-
-
-FRONT_COLUMNS = [
-    "trial",
-    *SETTINGS,
-    "parameters",
-    "retention",
-    "retention_fp32",
-    "compression",
-    "parameter_ratio",
-    "qat",
-    "latency_ms",
-    "latency_iqr_ms",
-    "latency_fp32_ms",
-    "int8_speedup_vs_fp32",
-    "speedup_vs_teacher",
-    "int8_fp32_agreement",
-    "weight_bytes",
-    "artifact_bytes",
-    "wall_seconds",
-    "flags",
-]
 
 
 def _execution_line(run: dict) -> str:
@@ -234,21 +184,6 @@ def latency_method(results: StudyResults) -> list[str]:
     ]
     lines += [_execution_line(run) for run in results.executions]
     return lines
-
-
-def _markdown_table(frame: pd.DataFrame) -> str:
-    columns = [c for c in FRONT_COLUMNS if c in frame]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in frame[columns].iterrows():
-        cells = []
-        for c in columns:
-            v = row[c]
-            if c in ("parameters", "weight_bytes", "artifact_bytes") and pd.notna(v):
-                cells.append(f"{int(v):,}")
-            else:
-                cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _efficiency_lines(trials: pd.DataFrame, teacher: dict) -> list[str]:
@@ -317,57 +252,227 @@ def _deployment_lines(done: pd.DataFrame, teacher_latency: dict) -> list[str]:
     return lines
 
 
-def write_report(run_dir: Path, reports_root: Path) -> Path:
-    """Write the report of the study in ``run_dir`` to ``reports_root/<study>/`` and return that folder."""
-    results = load_results(run_dir)
-    out = reports_root / results.name
-    out.mkdir(parents=True, exist_ok=True)
-    trials = results.trials
-    trials.to_csv(out / "trials.csv", index=False)
-    done = trials[trials["state"] == "COMPLETE"] if len(trials) else trials
-    front = done[done["on_front"]].sort_values("compression", ascending=False) if len(done) else done
-    front.to_csv(out / "pareto.csv", index=False)
+# The columns a person decides from; trials.csv and pareto.csv keep every column.
+DECISION_COLUMNS = {
+    "trial": "trial",
+    "family": "family",
+    "width": "width",
+    "depth": "depth",
+    "method": "method",
+    "retention": "retention (INT8)",
+    "retention_fp32": "retention (FP32)",
+    "size_kb": "size, KB",
+    "compression": "x smaller",
+    "latency_ms": "latency, ms",
+    "speedup_vs_teacher": "x faster",
+    "flags": "flags",
+}
+SHORT_COLUMNS = [
+    "trial",
+    "family",
+    "method",
+    "retention",
+    "compression",
+    "latency_ms",
+    "speedup_vs_teacher",
+    "flags",
+]
+INTEGER_COLUMNS = (
+    "trial",
+    "parameters",
+    "weight_bytes",
+    "artifact_bytes",
+    "stopped_at_epoch",
+    "latency_batch_size",
+)
 
-    ref = results.reference_point
-    hv = (
-        hypervolume(
-            done[list(OBJECTIVES)].to_numpy(dtype=float),
-            (ref["retention"], ref["compression"], ref["latency_ms"]),
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A student worth shipping for one reason (smallest, fastest, best retention) above the floor."""
+
+    reasons: tuple[str, ...]
+    row: pd.Series
+    export_command: str
+
+
+def recommend(results: StudyResults, done: pd.DataFrame, floor: float) -> list[Recommendation]:
+    """The smallest, the fastest and the best-retention completed students at or above the floor.
+
+    A trial that is best on several counts appears once, with every reason.
+    """
+    eligible = done[done["retention"] >= floor] if len(done) else done
+    if not len(eligible):
+        return []
+    picks: dict[int, list[str]] = {}
+    order = {
+        "smallest": eligible.sort_values(["compression", "retention"], ascending=[False, False]),
+        "fastest": eligible.sort_values(["latency_ms", "retention"], ascending=[True, False]),
+        "best retention": eligible.sort_values(["retention", "compression"], ascending=[False, False]),
+    }
+    for reason, ranked in order.items():
+        picks.setdefault(int(ranked["trial"].iloc[0]), []).append(reason)
+    return [
+        Recommendation(
+            reasons=tuple(reasons),
+            row=eligible[eligible["trial"] == trial].iloc[0],
+            export_command=f"autokd export {results.run_dir} --trial {trial}",
         )
-        if len(done) and ref
-        else 0.0
+        for trial, reasons in picks.items()
+    ]
+
+
+def _student(row: pd.Series) -> str:
+    return (
+        f"{row.get('family')} w={row.get('width', float('nan')):.2f} d={row.get('depth', float('nan')):.2f}"
     )
-    teacher = results.teacher
-    objectives = results.settings.get("objectives", {})
-    floor = objectives.get("retention_floor", 0.9)
+
+
+def _decision_rows(recommendations: list[Recommendation], teacher: dict) -> list[dict]:
+    """The decision table: one row per recommended student, then the teacher's own numbers."""
+    t_lat = teacher.get("latency", {}).get("median_ms")
+    rows = []
+    for rec in recommendations:
+        r = rec.row
+        rows.append(
+            {
+                "ship": " / ".join(rec.reasons),
+                "trial": int(r["trial"]),
+                "student": _student(r),
+                "method": r.get("method"),
+                "retention": f"{r['retention']:.3f}",
+                "size": f"{r['weight_bytes'] / 1000:,.1f} KB" if pd.notna(r.get("weight_bytes")) else "?",
+                "x smaller": f"{r['compression']:.0f}x",
+                "latency": f"{r['latency_ms']:.3f} ms",
+                "x faster": f"{t_lat / r['latency_ms']:.1f}x" if t_lat else "?",
+                "export": rec.export_command,
+            }
+        )
+    rows.append(
+        {
+            "ship": "teacher (FP32)",
+            "trial": "",
+            "student": str(teacher.get("model")),
+            "method": "",
+            "retention": f"1.000 (top-1 {teacher.get('test_accuracy', float('nan')):.4f})",
+            "size": f"{teacher.get('weight_bytes', 0) / 1000:,.1f} KB",
+            "x smaller": "1x",
+            "latency": f"{t_lat:.3f} ms" if t_lat else "?",
+            "x faster": "1x",
+            "export": "",
+        }
+    )
+    return rows
+
+
+def _no_recommendation(done: pd.DataFrame, floor: float) -> str:
+    if not len(done):
+        return "No trial completed, so there is nothing to ship yet (see the failed trials below)."
+    best = done.sort_values("retention", ascending=False).iloc[0]
+    return (
+        f"No completed trial reaches the retention floor {floor:g}; the best is trial {int(best['trial'])} "
+        f"({_student(best)}) at {best['retention']:.3f}. Lower the floor, or train longer."
+    )
+
+
+def _format_cell(column: str, value: object) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if column in INTEGER_COLUMNS and isinstance(value, int | float):
+        return f"{int(value):,}"
+    if column in ("compression", "speedup_vs_teacher", "parameter_ratio", "int8_speedup_vs_fp32"):
+        return f"{value:.1f}x"
+    if column == "size_kb":
+        return f"{value:,.1f}"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def readable(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame``'s ``columns`` as display strings (integers as integers, ratios with an x)."""
+    shown = [c for c in columns if c in frame]
+    return pd.DataFrame({c: [_format_cell(c, v) for v in frame[c]] for c in shown})
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    if not len(frame):
+        return "(none)"
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _with_size(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    if "weight_bytes" in frame:
+        frame["size_kb"] = frame["weight_bytes"] / 1000
+    return frame
+
+
+def _failures(trials: pd.DataFrame) -> pd.DataFrame:
+    if not len(trials) or "error" not in trials:
+        return trials.iloc[:0]
+    failed = trials[trials["state"] == "FAIL"]
+    return failed[["trial", "family", "method", "error"]].fillna("") if len(failed) else failed
+
+
+def _stopped(trials: pd.DataFrame) -> pd.DataFrame:
+    columns = [
+        "trial",
+        "family",
+        "method",
+        "stopped_at_epoch",
+        "seconds_saved",
+        "stopped_by",
+        "prescreened_dominated_by",
+    ]
+    if not len(trials):
+        return trials
+    pruned = trials[trials["state"] == "PRUNED"]
+    return pruned[[c for c in columns if c in pruned]]
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path`` and rename it over ``path``: a reader never sees half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def summary_markdown(results: StudyResults, done: pd.DataFrame, front: pd.DataFrame, hv: float) -> str:
+    """summary.md: what to ship, the front in a few columns, the counts and the definitions."""
+    teacher, ref = results.teacher, results.reference_point
+    floor = results.settings.get("objectives", {}).get("retention_floor", 0.9)
+    trials = results.trials
     counts = trials["state"].value_counts().to_dict() if len(trials) else {}
-    t_lat = teacher.get("latency", {})
-    summary = [
-        f"# autokd report: {results.name}",
-        "",
-        "## Teacher",
-        f"- model: {teacher.get('model')} ({teacher.get('parameters', 0):,} parameters, {teacher.get('weight_bytes', 0) / 1e6:.2f} MB FP32 weights)",
-        f"- test top-1 (FP32): {teacher.get('test_accuracy', float('nan')):.4f}; val top-1: {teacher.get('val_accuracy', float('nan')):.4f}",
-        f"- FP32 latency: {t_lat.get('median_ms', float('nan')):.3f} ms median (IQR {t_lat.get('iqr_ms', float('nan')):.3f}) "
-        f"at batch {t_lat.get('batch_size')} with {t_lat.get('threads')} thread(s), {t_lat.get('runtime')}",
-        f"- measured on: {t_lat.get('cpu')}, {t_lat.get('runtime')} {t_lat.get('runtime_version', '')}, "
-        f"torch {t_lat.get('torch_version')}",
-        "",
-        "## INT8 deployment",
-        *_deployment_lines(done, t_lat),
-        "",
-        "## Trials",
-        "- " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
-        if counts
-        else "- none yet",
-        f"- hypervolume: {hv:.4f} against reference point retention={ref.get('retention')}, compression={ref.get('compression')}, "
-        f"latency_ms={ref.get('latency_ms', float('nan')):.3f}",
-        f"- retention floor: {floor}; front members above it: {int((front['retention'] >= floor).sum()) if len(front) else 0}",
-        *_efficiency_lines(trials, teacher),
+    recs = recommend(results, done, floor)
+    failures = _failures(trials)
+    lines = [f"# autokd report: {results.name}", "", f"## What to ship (retention floor {floor:g})", ""]
+    if recs:
+        lines.append(_markdown(pd.DataFrame(_decision_rows(recs, teacher))))
+    else:
+        lines.append(_no_recommendation(done, floor))
+    lines += [
         "",
         f"## Pareto front ({len(front)} trials)",
         "",
-        _markdown_table(front) if len(front) else "(no completed trials)",
+        _markdown(readable(front, SHORT_COLUMNS).rename(columns=DECISION_COLUMNS)),
+        "",
+        "## Trials",
+        "- " + (", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "none yet"),
+        f"- hypervolume {hv:.4f} against the fixed reference point retention={ref.get('retention')}, "
+        f"compression={ref.get('compression')}, latency_ms={ref.get('latency_ms', float('nan')):.3f}",
+        *_efficiency_lines(trials, teacher),
+    ]
+    if len(failures):
+        lines += [f"- failed: trial {int(r.trial)}: {r.error}" for r in failures.head(5).itertuples()]
+        if len(failures) > 5:
+            lines.append(f"- ... {len(failures) - 5} more failed trials in trials.csv")
+    lines += [
+        "",
+        "## INT8 deployment",
+        *_deployment_lines(done, teacher.get("latency", {})),
         "",
         "## How latency was measured",
         *latency_method(results),
@@ -376,41 +481,119 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
         DEFINITIONS,
         "",
     ]
-    (out / "summary.md").write_text("\n".join(summary))
+    return "\n".join(lines)
 
-    figures = []
+
+def _html_table(frame: pd.DataFrame, columns: dict[str, str] | None = None, classes: str = "") -> str:
+    if not len(frame):
+        return "<p>(none)</p>"
+    if columns:
+        frame = frame.rename(columns=columns)
+    return frame.to_html(index=False, border=0, escape=True, classes=classes)
+
+
+# Collects script errors into the page itself, so that a headless browser's DOM shows them.
+ERROR_CAPTURE = """<script>
+window.autokdErrors = [];
+window.addEventListener("error", function (e) {
+  window.autokdErrors.push(String(e.message));
+  var box = document.getElementById("js-errors");
+  if (box) { box.textContent = window.autokdErrors.join("\\n"); box.hidden = false; }
+});
+</script>"""
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1300px;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:14px}td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right;
+white-space:nowrap}th{background:#f4f4f4}td:last-child{white-space:normal;text-align:left}
+.decision{background:#f3f8ff;border:1px solid #bcd;border-radius:6px;padding:0.5em 1em;margin-bottom:1.5em}
+.decision code{font-size:13px}.note{color:#555;max-width:70em}#js-errors{color:#b00;white-space:pre}
+details{margin:0.5em 0 1.5em}summary{cursor:pointer;color:#246}"""
+
+
+def write_report(run_dir: Path, reports_root: Path) -> Path:
+    """Write the report of the study in ``run_dir`` to ``reports_root/<study>/`` and return that folder."""
+    from autokd import figures
+
+    results = load_results(run_dir)
+    out = reports_root / results.name
+    out.mkdir(parents=True, exist_ok=True)
+    trials = _with_size(results.trials)
+    _write(out / "trials.csv", trials.to_csv(index=False))
+    done = trials[trials["state"] == "COMPLETE"] if len(trials) else trials
+    front = done[done["on_front"]].sort_values("compression", ascending=False) if len(done) else done
+    _write(out / "pareto.csv", front.to_csv(index=False))
+
+    ref = results.reference_point
+    reference = (ref.get("retention"), ref.get("compression"), ref.get("latency_ms")) if ref else None
+    hv = hypervolume(done[list(OBJECTIVES)].to_numpy(dtype=float), reference) if len(done) and ref else 0.0
+    _write(out / "summary.md", summary_markdown(results, done, front, hv))
+
+    teacher = results.teacher
+    floor = results.settings.get("objectives", {}).get("retention_floor", 0.9)
+    t_lat = teacher.get("latency", {})
+    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    recs = recommend(results, done, floor)
+    if recs:
+        decision = pd.DataFrame(_decision_rows(recs, teacher))
+        decision["export"] = [f"<code>{html.escape(c)}</code>" if c else "" for c in decision["export"]]
+        decision_html = decision.to_html(index=False, border=0, escape=False)
+    else:
+        decision_html = f"<p>{html.escape(_no_recommendation(done, floor))}</p>"
+
+    parts = []
     if len(done):
-        figures = [
-            _front_figure(done, "compression", "compression ratio (x, log)", True, floor),
-            _front_figure(
-                done,
-                "latency_ms",
-                f"INT8 latency, ms (batch {t_lat.get('batch_size')}, {t_lat.get('threads')} thread(s))",
-                True,
-                floor,
-            ),
+        colours = figures.family_colours(list(done["family"].dropna().unique()))
+        batch = f"batch {t_lat.get('batch_size')}, {t_lat.get('threads')} thread(s)"
+        plots = [
+            figures.front_figure(done, "compression", "compression ratio", "x", floor, colours),
+            figures.front_figure(done, "latency_ms", f"INT8 latency, ms ({batch})", " ms", floor, colours),
+            figures.objectives_figure(done, t_lat.get("median_ms")),
         ]
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
-    table = (
-        front[[c for c in FRONT_COLUMNS if c in front]].to_html(
-            index=False, float_format=lambda v: f"{v:.4f}", border=0
-        )
-        if len(front)
-        else "<p>No completed trials.</p>"
+        history = figures.hypervolume_history(done, reference) if reference else None
+        if history is not None and len(history):
+            plots += [
+                figures.history_figure(history, "completed"),
+                figures.history_figure(history, "minutes"),
+            ]
+        parts = [
+            f'<div class="plot">{fig.to_html(full_html=False, include_plotlyjs=(i == 0))}</div>'
+            for i, fig in enumerate(plots)
+        ]
+    projections_note = (
+        "<p class='note'>The front has three objectives, so in each two-objective view a front star can sit "
+        "below or to the right of a dominated circle: it wins on the objective that view leaves out. The "
+        "third figure shows all three at once.</p>"
     )
+    failures, stopped = _failures(trials), _stopped(trials)
+    deployment = "".join(
+        f"<li>{html.escape(line[2:].replace('**', ''))}</li>" for line in _deployment_lines(done, t_lat)
+    )
+    efficiency = "".join(f"<li>{html.escape(line[2:])}</li>" for line in _efficiency_lines(trials, teacher))
     definitions_html = "".join(
         f"<li>{html.escape(line.lstrip('- ').replace('**', ''))}</li>" for line in DEFINITIONS.split("\n- ")
     )
+    all_columns = front.drop(columns=["started", "finished"], errors="ignore")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autokd: {html.escape(results.name)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
-td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}</style></head><body>
+{ERROR_CAPTURE}<style>{STYLE}</style></head><body>
+<div id="js-errors" hidden></div>
 <h1>autokd report: {html.escape(results.name)}</h1>
 <p>Teacher {html.escape(str(teacher.get("model")))}: test top-1 {teacher.get("test_accuracy", float("nan")):.4f},
-{teacher.get("parameters", 0):,} parameters, FP32 latency {t_lat.get("median_ms", float("nan")):.3f} ms.
-Trials: {html.escape(", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))}. Hypervolume {hv:.4f}.</p>
-{"".join(parts)}
-<h2>Pareto front</h2>{table}
-<h2>How latency was measured</h2><ul>{"".join(f"<li>{html.escape(line[2:])}</li>" for line in latency_method(results))}</ul>
+{teacher.get("parameters", 0):,} parameters, {teacher.get("weight_bytes", 0) / 1000:,.0f} KB of FP32 weights, FP32 latency
+{t_lat.get("median_ms", float("nan")):.3f} ms on {html.escape(str(t_lat.get("runtime")))}.
+Trials: {html.escape(", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none")}. Hypervolume {hv:.4f}.</p>
+<section class="decision" id="decision"><h2>What to ship (retention floor {floor:g})</h2>{decision_html}</section>
+{projections_note}
+{"".join(parts) or "<p>No completed trials to plot.</p>"}
+<h2>Pareto front ({len(front)} trials)</h2>
+{_html_table(readable(front, list(DECISION_COLUMNS)), DECISION_COLUMNS, "front")}
+<details><summary>All columns of the front (also in pareto.csv; every trial in trials.csv)</summary>
+{_html_table(readable(all_columns, list(all_columns.columns)))}</details>
+<h2>INT8 deployment</h2><ul>{deployment}</ul>
+<h2>Failed trials ({len(failures)})</h2>{_html_table(failures)}
+<h2>Stopped early or skipped ({len(stopped)})</h2><ul>{efficiency}</ul>{_html_table(readable(stopped, list(stopped.columns)))}
+<h2>How latency was measured</h2><ul>{"".join(f"<li>{html.escape(line[2:])}</li>" for line in latency_method(results))}
+<li>A latency whose interquartile range exceeds {NOISY_IQR_FRACTION:.0%} of its median is flagged "noisy": the cores
+were busy while it was measured, so comparisons that rest on it may not hold; measure again on a quiet machine.</li></ul>
 <h2>Definitions</h2><ul>{definitions_html}</ul></body></html>"""
-    (out / "index.html").write_text(page)
+    _write(out / "index.html", page)
     return out

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from tqdm import tqdm
 
 from autokd.config import Study, StudyFileError
 from autokd.early_stopping import should_stop
@@ -322,9 +323,13 @@ class TrialRunner:
         """Run the trial in this process, with the early-stopping rule after every epoch."""
         history: list[float] = []
         started = time.perf_counter()
+        # A bar per trial on a terminal only (disable=None), under the study's bar.
+        bar = tqdm(total=config.epochs, desc=f"trial {number}", unit="epoch", leave=False, disable=None)
 
         def on_epoch(epoch: int, val_accuracy: float) -> None:
             history.append(val_accuracy)
+            bar.update(1)
+            bar.set_postfix(val_top1=f"{val_accuracy:.4f}")
             stop = self.early_stop(config, history, time.perf_counter() - started)
             if stop is not None:
                 raise TrialStopped(stop)
@@ -344,6 +349,8 @@ class TrialRunner:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed trial is a result, recorded with its message
             return Outcome(TrialState.FAIL, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            bar.close()
         return Outcome(TrialState.COMPLETE, result=result)
 
     # -- after training --------------------------------------------------------------------------

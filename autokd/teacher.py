@@ -20,6 +20,7 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from autokd.augment import CropFlip
 from autokd.config import Study
@@ -96,10 +97,13 @@ def prepare_teacher(
                 f"teacher {t.model}: training {t.epochs} epochs on {len(data.train_x)} images (once; cached as {key})"
             )
 
+            bar = tqdm(total=t.epochs, desc=f"teacher {t.model}", unit="epoch", leave=False, disable=None)
+
             def report(epoch: int, m: nn.Module) -> None:
-                log(
-                    f"  teacher epoch {epoch}/{t.epochs}: val top-1 {evaluate(m, data.val_x, data.val_y):.4f}"
-                )
+                accuracy = evaluate(m, data.val_x, data.val_y)
+                bar.update(1)
+                bar.set_postfix(val_top1=f"{accuracy:.4f}")
+                log(f"  teacher epoch {epoch}/{t.epochs}: val top-1 {accuracy:.4f}")
                 m.train()
 
             train(
@@ -116,6 +120,7 @@ def prepare_teacher(
                 augmentation=augmentation_of(study),
                 on_epoch=report,
             )
+            bar.close()
         metrics = {
             "model": study.teacher.model,
             "key": key,

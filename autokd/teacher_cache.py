@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from autokd.augment import CropFlip
 from autokd.features import forward_with_features
@@ -165,7 +166,14 @@ def _compute(
     logits = None
     features: dict[int, np.ndarray] = {}
     for v in range(views):
-        for start in range(0, n, batch_size):
+        batches = tqdm(
+            range(0, n, batch_size),
+            desc=f"teacher cache, view {v + 1}/{views}",
+            unit="batch",
+            leave=False,
+            disable=None,  # a bar on a terminal only
+        )
+        for start in batches:
             idx = torch.arange(start, min(n, start + batch_size))
             x = train_x[idx]
             if augmentation is not None and view_params is not None:

@@ -165,6 +165,22 @@ def ray_cluster() -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> tuple[int, Path]:
+    """The shipped smoke study run once through the CLI: (exit code, folder with runs/ and reports/)."""
+    from autokd.cli import main
+
+    root = tmp_path_factory.mktemp("smoke")
+    code = main(
+        ["search", str(REPO / "studies" / "smoke.yaml")]
+        + ["--runs-dir", str(root / "runs"), "--reports-dir", str(root / "reports"), "--no-progress"]
+    )
+    return code, root
+
+
 @pytest.fixture(params=["optuna", "ray"])
 def search_with(request):
     """``search_with(study_document, **options)``: ``autokd.search`` on each backend (no report), with
