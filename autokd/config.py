@@ -14,12 +14,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 Range = tuple[float, float]
+MAX_MULTIPLIER = 4.0  # width/depth multipliers beyond this build students larger than any teacher here
+MAX_STUDY_BYTES = 1_000_000  # a study file is a page of settings, not data
 
 
 class StudyFileError(ValueError):
@@ -44,19 +48,19 @@ class DataSection(_Section):
 
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
-    download: bool = False
-    train_subsample: Annotated[int, Field(gt=0)] | None = None
+    download: StrictBool = False
+    train_subsample: Annotated[int, Strict(), Field(gt=0)] | None = None
     val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
-    image_size: Annotated[int, Field(ge=32, le=512)] = 32
+    image_size: Annotated[int, Strict(), Field(ge=32, le=512)] = 32
 
 
 class AugmentationSection(_Section):
     """Random crop (zero padding) and horizontal flip; with the cache on, ``views`` fixed views per image."""
 
-    enabled: bool = False
-    views: Annotated[int, Field(ge=1, le=64)] = 4
-    padding: Annotated[int, Field(ge=0, le=16)] = 2
-    hflip: bool = True
+    enabled: StrictBool = False
+    views: Annotated[int, Strict(), Field(ge=1, le=64)] = 4
+    padding: Annotated[int, Strict(), Field(ge=0, le=16)] = 2
+    hflip: StrictBool = True
 
 
 class TeacherSection(_Section):
@@ -64,9 +68,9 @@ class TeacherSection(_Section):
 
     model: str = "resnet18"
     checkpoint: str | None = None
-    pretrained: bool = False
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 5
-    batch_size: Annotated[int, Field(ge=1)] = 128
+    pretrained: StrictBool = False
+    epochs: Annotated[int, Strict(), Field(ge=1, le=1000)] = 5
+    batch_size: Annotated[int, Strict(), Field(ge=1, le=65536)] = 128
     lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
 
@@ -143,16 +147,21 @@ class SearchSpaceSection(_Section):
     @field_validator("width", "depth")
     @classmethod
     def _ranges(cls, value: Range) -> Range:
-        return _check_range(value)
+        _check_range(value)
+        if value[1] > MAX_MULTIPLIER:
+            raise ValueError(
+                f"high {value[1]} is above {MAX_MULTIPLIER:g}, the largest width or depth multiplier"
+            )
+        return value
 
 
 class TrainingSection(_Section):
     """How each student is trained."""
 
-    batch_size: Annotated[int, Field(ge=1)] = 128
+    batch_size: Annotated[int, Strict(), Field(ge=1, le=65536)] = 128
     lr: Annotated[float, Field(gt=0, le=1)] = 3e-3
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
-    threads: Annotated[int, Field(ge=1)] | None = None
+    threads: Annotated[int, Strict(), Field(ge=1)] | None = None
 
 
 class EarlyStoppingSection(_Section):
@@ -163,9 +172,9 @@ class EarlyStoppingSection(_Section):
     of that family exist) stops. A stopped trial is PRUNED and never on the front.
     """
 
-    enabled: bool = True
-    warmup_epochs: Annotated[int, Field(ge=1)] = 1
-    min_completed_trials: Annotated[int, Field(ge=1)] = 5
+    enabled: StrictBool = True
+    warmup_epochs: Annotated[int, Strict(), Field(ge=1)] = 1
+    min_completed_trials: Annotated[int, Strict(), Field(ge=1)] = 5
 
     @model_validator(mode="before")
     @classmethod
@@ -181,7 +190,7 @@ class EarlyStoppingSection(_Section):
 class ParallelSection(_Section):
     """How trials share machines when several run at once (Ray backend; also sizes worker threads)."""
 
-    max_concurrent_trials: Annotated[int, Field(ge=1)] = 2
+    max_concurrent_trials: Annotated[int, Strict(), Field(ge=1)] = 2
     cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
 
@@ -189,10 +198,10 @@ class ParallelSection(_Section):
 class BudgetSection(_Section):
     """How much search: completed trials, epochs per trial and an optional wall-clock limit."""
 
-    trials: Annotated[int, Field(ge=1)] = 16
-    epochs: Annotated[int, Field(ge=1)] = 3
+    trials: Annotated[int, Strict(), Field(ge=1)] = 16
+    epochs: Annotated[int, Strict(), Field(ge=1)] = 3
     time_limit_minutes: Annotated[float, Field(gt=0)] | None = None
-    max_consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    max_consecutive_failures: Annotated[int, Strict(), Field(ge=1)] = 5
 
 
 class ReferencePoint(_Section):
@@ -206,8 +215,8 @@ class ReferencePoint(_Section):
 class ObjectivesSection(_Section):
     """How the three objectives are measured and judged."""
 
-    latency_batch_size: Annotated[int, Field(ge=1)] = 1
-    latency_threads: Annotated[int, Field(ge=1)] = 1
+    latency_batch_size: Annotated[int, Strict(), Field(ge=1, le=4096)] = 1
+    latency_threads: Annotated[int, Strict(), Field(ge=1, le=1024)] = 1
     latency_min_run_time_s: Annotated[float, Field(gt=0)] = 0.3
     retention_floor: Annotated[float, Field(ge=0, le=1.5)] = 0.9
     reference_point: ReferencePoint = ReferencePoint()
@@ -221,9 +230,9 @@ class QuantizationSection(_Section):
     """
 
     backend: str = "onnxruntime"
-    calibration_batches: Annotated[int, Field(ge=1)] = 8
+    calibration_batches: Annotated[int, Strict(), Field(ge=1, le=1000)] = 8
     qat: bool | Annotated[list[bool], Field(min_length=1)] = False
-    qat_epochs: Annotated[int, Field(ge=1)] = 1
+    qat_epochs: Annotated[int, Strict(), Field(ge=1)] = 1
 
     @field_validator("qat", mode="before")
     @classmethod
@@ -243,14 +252,14 @@ class SamplerSection(_Section):
     """The Optuna sampler, always configured explicitly."""
 
     kind: Literal["tpe", "nsga2", "random"] = "tpe"
-    startup_trials: Annotated[int, Field(ge=1)] = 8
+    startup_trials: Annotated[int, Strict(), Field(ge=1)] = 8
 
 
 class Study(_Section):
     """A whole study file."""
 
     name: str
-    seed: int = 0
+    seed: Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)] = 0
     data: DataSection = DataSection()
     teacher: TeacherSection = TeacherSection()
     search_space: SearchSpaceSection = SearchSpaceSection()
@@ -262,9 +271,9 @@ class Study(_Section):
     augmentation: AugmentationSection = AugmentationSection()
     early_stopping: EarlyStoppingSection = EarlyStoppingSection()
     parallel: ParallelSection = ParallelSection()
-    teacher_cache: bool = True
+    teacher_cache: StrictBool = True
     teacher_cache_max_gb: Annotated[float, Field(gt=0)] = 2.0
-    prescreen: bool = False
+    prescreen: StrictBool = False
     # Python files or folders that register methods, families, datasets or backends. They are code: a
     # study file naming them runs them. ``plugins:`` is the 0.1 name of this key.
     extensions: list[str] = Field(default=[], validation_alias=AliasChoices("extensions", "plugins"))
@@ -327,6 +336,8 @@ def _describe(error: dict, document: object) -> str:
     if error["type"] == "missing":
         return f"field '{loc}' is required"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error.get("input"), str) and re.fullmatch(r"[-+]?0[0-9]+", error["input"]):
+        message += " (write the number without a leading zero; YAML 1.1 would read it as octal)"
     if not error["loc"] or message.startswith("field '"):  # the message names the field itself
         return message
     return f"field '{loc}' = {error.get('input')!r}: {message}"
@@ -342,17 +353,77 @@ def parse_study(document: object, source: str = "<study>") -> Study:
         raise StudyFileError(f"{source}: {_describe(exc.errors()[0], document)}") from None
 
 
+class _StudyLoader(yaml.SafeLoader):
+    """YAML without its surprises: no duplicate keys, no anchors or aliases, no octal or sexagesimal
+    numbers, and only true/false as booleans (YAML 1.1 also reads yes/no/on/off and 010 as 8)."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"line {event.start_mark.line + 1}: anchors and aliases are not allowed")
+        node = super().compose_node(parent, index)
+        if getattr(node, "anchor", None):
+            raise yaml.YAMLError(f"line {node.start_mark.line + 1}: anchors and aliases are not allowed")
+        return node
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        keys = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in keys:
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice")
+            keys.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# Resolvers of YAML 1.2's core schema for booleans and numbers, replacing YAML 1.1's.
+_StudyLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^[-+]?(?:0|[1-9][0-9_]*)$", "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+        r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+0123456789.",
+    ),
+):
+    _StudyLoader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+
+
 def load_study_file(path: str | Path) -> Study:
     """Read and validate a study file."""
     path = Path(path)
     if not path.is_file():
         raise StudyFileError(f"{path}: study file not found")
     try:
-        document = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_STUDY_BYTES:
+            raise StudyFileError(
+                f"{path}: {path.stat().st_size:,} bytes is not a study file (at most {MAX_STUDY_BYTES:,})"
+            )
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StudyFileError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the study file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise StudyFileError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        document = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise StudyFileError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise StudyFileError(f"{path}: not valid YAML{where}: {str(problem)[:200]}") from None
+    except RecursionError:
+        raise StudyFileError(f"{path}: nested too deeply to be a study file") from None
     return parse_study(document, str(path))
 
 
