@@ -179,11 +179,14 @@ def export(
     return export_trial(Path(run), trial, artifact_format=format, out=Path(out) if out else None)
 
 
-def load(path: str | Path) -> DeployedModel:
-    """An exported INT8 student (export folder or artifact file): ``load(path)(images) -> logits``."""
+def load(path: str | Path, *, trust: bool = False) -> DeployedModel:
+    """An exported INT8 student (export folder or artifact file): ``load(path)(images) -> logits``.
+
+    ``.pt2`` artifacts run code when loaded: pass ``trust=True`` only for files you exported yourself.
+    """
     from autokd.deploy import load as load_export
 
-    return load_export(path)
+    return load_export(path, trust=trust)
 
 
 def list_methods() -> list[str]:

@@ -22,6 +22,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from autokd.data import DatasetUnavailableError
     from autokd.deploy import ExportError
     from autokd.drivers import BackendUnavailableError
+    from autokd.measure import LatencyLockError
     from autokd.quantize import QuantizationError
     from autokd.registry import ExtensionLoadError, RegistryError
     from autokd.reporting import ReportError
@@ -36,6 +37,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         QuantizationError,
         BackendUnavailableError,
         UsageError,
+        LatencyLockError,
     )
 
 
@@ -101,7 +103,7 @@ def _export(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from autokd.deploy import evaluate_export
 
-    accuracy, card = evaluate_export(args.export_dir, args.split)
+    accuracy, card = evaluate_export(args.export_dir, args.split, trust=args.trust_pt2)
     print(
         f"{card['study']} trial {card['trial']} ({card['format']} on {card['runtime']}): "
         f"{args.split} top-1 {accuracy:.4f}"
@@ -203,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="run an exported student on its study's test split")
     predict.add_argument("export_dir", help="an export folder (holding model_card.json)")
     predict.add_argument("--split", choices=["test", "val"], default="test")
+    predict.add_argument(
+        "--trust-pt2",
+        action="store_true",
+        help="load a .pt2 artifact (loading one runs code stored in it: only for files you exported)",
+    )
     predict.set_defaults(handler=_predict)
     add_method_commands(sub)
 

@@ -128,7 +128,7 @@ def export_trial(
 
     directory = Path(out) if out is not None else run_dir / EXPORTS_DIR / f"trial-{number}"
     artifact = int8.save(directory / "model")
-    deployed = load(artifact)
+    deployed = load(artifact, trust=True)  # the file this process has just written
     accuracy = top1(deployed, data.test_x, data.test_y)
     attrs = record.attrs
     card = {
@@ -176,20 +176,54 @@ def export_trial(
     return Export(directory=directory, artifact=artifact, card=card, accuracy=accuracy)
 
 
-def load(path: str | Path) -> DeployedModel:
+# Artifact formats whose loader unpickles (runs code from the file): loaded only when trusted.
+CODE_RUNNING_SUFFIXES = (".pt2",)
+
+
+def _read_card(card_path: Path) -> dict:
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(
+            f"{card_path} is unreadable ({type(exc).__name__}); export the trial again"
+        ) from None
+    if not isinstance(card, dict) or not isinstance(card.get("artifact"), str):
+        raise ExportError(f"{card_path} names no artifact; export the trial again")
+    return card
+
+
+def _artifact_in(folder: Path, name: str) -> Path:
+    """The artifact a model card names, which must be a plain file inside the export folder."""
+    path = folder / name
+    inside = path.resolve().parent == folder.resolve() and not path.is_symlink()
+    if Path(name).name != name or name in ("", ".", "..") or not inside:
+        raise ExportError(
+            f"{folder / MODEL_CARD}: artifact {name!r} is not a file inside the export folder; refusing to load it"
+        )
+    return path
+
+
+def load(path: str | Path, *, trust: bool = False) -> DeployedModel:
     """An exported INT8 student, ready to run: ``load(path)(images) -> logits``.
 
     ``path`` is an export folder (holding ``model_card.json``) or the artifact file itself
-    (``.onnx`` runs on ONNX Runtime, ``.pt2`` on torch with inductor).
+    (``.onnx`` runs on ONNX Runtime, ``.pt2`` on torch with inductor). Loading a ``.pt2`` file
+    unpickles it, which can run code written into it: it is refused unless ``trust=True`` (the
+    command line's ``--trust-pt2``), for files you exported yourself. ONNX files hold no code.
     """
     path = Path(path)
     if path.is_dir():
         card_path = path / MODEL_CARD
         if not card_path.exists():
             raise ExportError(f"{path} is not an export folder ({MODEL_CARD} not found)")
-        path = path / json.loads(card_path.read_text())["artifact"]
+        path = _artifact_in(path, _read_card(card_path)["artifact"])
     if not path.exists():
         raise ExportError(f"{path} not found")
+    if path.suffix in CODE_RUNNING_SUFFIXES and not trust:
+        raise ExportError(
+            f"{path}: loading a {path.suffix} file runs code stored in it; load it only if you made it, with "
+            "autokd.load(path, trust=True) or `autokd predict --trust-pt2`"
+        )
     try:
         backend = backend_for_suffix(path.suffix)
     except QuantizationError as exc:
@@ -197,16 +231,16 @@ def load(path: str | Path) -> DeployedModel:
     return backend.load(path)
 
 
-def evaluate_export(directory: str | Path, split: str = "test") -> tuple[float, dict]:
+def evaluate_export(directory: str | Path, split: str = "test", *, trust: bool = False) -> tuple[float, dict]:
     """Top-1 accuracy of an exported student on its study's ``split`` (``test`` or ``val``), with its card."""
     directory = Path(directory)
     card_path = directory / MODEL_CARD
     if not card_path.exists():
         raise ExportError(f"{directory} is not an export folder ({MODEL_CARD} not found)")
-    card = json.loads(card_path.read_text())
+    card = _read_card(card_path)
     load_extension_files(card.get("extensions", []))
     data_settings = {k: v for k, v in card["data"].items() if k not in ("seed", "splits")}
     study = parse_study({"name": card["study"], "seed": card["data"]["seed"], "data": data_settings})
     data = load_study_data(study)
     images, labels = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
-    return top1(load(directory), images, labels), card
+    return top1(load(directory, trust=trust), images, labels), card

@@ -54,11 +54,11 @@ def test_exported_artifact_reproduces_the_int8_accuracy_the_study_recorded(
 
     # The artifact alone, loaded by the public API and run on the study's test split.
     data = load_study_data(parse_study(tiny_study))
-    accuracy = top1(autokd.load(out), data.test_x, data.test_y)
+    accuracy = top1(autokd.load(out, trust=True), data.test_x, data.test_y)
     assert accuracy == pytest.approx(recorded, abs=0.001)
-    assert evaluate_export(out)[0] == pytest.approx(accuracy)
+    assert evaluate_export(out, trust=True)[0] == pytest.approx(accuracy)
     capsys.readouterr()
-    assert main(["predict", str(out)]) == 0
+    assert main(["predict", str(out), "--trust-pt2"]) == 0
     assert f"test top-1 {accuracy:.4f}" in capsys.readouterr().out
 
 
@@ -81,3 +81,36 @@ def test_an_unknown_export_format_names_the_registered_ones(tiny_study, shared_r
     run_dir, _ = _completed_trial(tiny_study, shared_runs, "export-default", "onnxruntime")
     with pytest.raises(ExportError, match=r"--format tflite: allowed: onnx, pt2"):
         autokd.export(run_dir, 0, format="tflite")
+
+
+def test_a_pt2_artifact_is_not_loaded_unless_trusted(tmp_path):
+    (tmp_path / "model.pt2").write_bytes(b"not even a zip")
+    with pytest.raises(ExportError, match=r"runs code stored in it.*trust=True"):
+        autokd.load(tmp_path / "model.pt2")
+
+
+@pytest.mark.parametrize("artifact", ["../elsewhere.onnx", "/tmp/elsewhere.onnx", "sub/model.onnx"])
+def test_a_model_card_cannot_point_outside_its_folder(tmp_path, artifact):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / MODEL_CARD).write_text(json.dumps({"artifact": artifact}))
+    with pytest.raises(ExportError, match="is not a file inside the export folder"):
+        autokd.load(folder)
+
+
+def test_an_artifact_symlinked_out_of_its_folder_is_refused(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (tmp_path / "outside.onnx").write_bytes(b"")
+    (folder / "model.onnx").symlink_to(tmp_path / "outside.onnx")
+    (folder / MODEL_CARD).write_text(json.dumps({"artifact": "model.onnx"}))
+    with pytest.raises(ExportError, match="is not a file inside the export folder"):
+        autokd.load(folder)
+
+
+def test_a_corrupt_model_card_names_the_file_and_what_to_do(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / MODEL_CARD).write_text("{not json")
+    with pytest.raises(ExportError, match=r"model_card.json is unreadable .*export the trial again"):
+        autokd.load(folder)
