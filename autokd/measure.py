@@ -6,7 +6,7 @@ a :class:`~autokd.quantize.DeployedModel` hands over a zero-argument forward pas
 compilation included; it is warmed up, then timed by ``torch.utils.benchmark`` in at least
 ``min_repeats`` blocks over at least ``min_run_time_s``. The record names the runtime and its version, the CPU and torch.
 
-Cores are shared through a file lock, one per machine (:func:`machine_latency_lock`): training takes
+Cores are shared through a file lock, one per user and machine (:func:`machine_latency_lock`): training takes
 it shared (between epochs it steps aside for a waiting measurement), measurement takes it exclusively,
 so no trial of any worker, Ray trial or other study on this machine trains on these cores while one is
 timed. A turnstile lock gives waiting measurements priority over new training.
@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import platform
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -66,9 +67,28 @@ MEASUREMENT_POLICY = (
 )
 
 
+class LatencyLockError(RuntimeError):
+    """The latency lock's folder or file is not this user's own; the message says what to remove."""
+
+
 def machine_latency_lock() -> Path:
-    """The lock every autokd process on this machine shares, whatever the study: latency is about cores."""
-    return Path(tempfile.gettempdir()) / "autokd-latency.lock"
+    """The lock this user's autokd processes on this machine share, whatever the study (latency is about
+    cores), in a folder only this user can reach: no other user can hold it, plant a symlink in it or
+    make it unreadable."""
+    folder = Path(tempfile.gettempdir()) / f"autokd-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise LatencyLockError(
+            f"{folder} is not a folder (a symlink or a file): remove it, autokd recreates it"
+        )
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise LatencyLockError(
+            f"{folder} belongs to another user or others can write to it (mode {stat.S_IMODE(info.st_mode):o}): "
+            "remove it, autokd recreates it private"
+        )
+    return folder / "latency.lock"
 
 
 def _turnstile(lock_path: Path) -> Path:
@@ -78,8 +98,11 @@ def _turnstile(lock_path: Path) -> Path:
 @contextlib.contextmanager
 def _flock(path: Path, mode: int) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Read-only is enough for flock, so a machine-wide lock file another user created still works.
-    handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        # O_NOFOLLOW: a symlink planted at the lock's path is an error, never followed.
+        handle = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise LatencyLockError(f"cannot open the latency lock {path} ({exc.strerror}): remove it") from None
     try:
         fcntl.flock(handle, mode)
         yield

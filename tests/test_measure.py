@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import tempfile
 import threading
 import time
 
+import pytest
 import torch
 from torch import nn
 
-from autokd.measure import SharedCores, exclusive, latency_example, measure_latency
+from autokd.measure import (
+    LatencyLockError,
+    SharedCores,
+    exclusive,
+    latency_example,
+    machine_latency_lock,
+    measure_latency,
+)
 from autokd.quantize import quantize
 
 
@@ -72,3 +83,43 @@ def test_training_steps_aside_between_epochs_for_a_queued_measurement(tmp_path):
         resumed = time.perf_counter()
         waiting.join()
     assert measured and measured[0] <= resumed
+
+
+# -- the latency lock: private to the user ----------------------------------------------------------
+
+
+def test_the_latency_lock_lives_in_a_folder_only_this_user_can_reach(tmp_path, monkeypatch):
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    lock = machine_latency_lock()
+    info = os.stat(lock.parent)
+    assert lock.parent == tmp_path / f"autokd-{os.getuid()}"
+    assert info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
+
+
+def test_a_symlink_planted_as_the_lock_folder_is_refused(tmp_path, monkeypatch):
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / f"autokd-{os.getuid()}").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(LatencyLockError, match="is not a folder"):
+        machine_latency_lock()
+
+
+def test_a_lock_folder_others_can_write_to_is_refused(tmp_path, monkeypatch):
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = tmp_path / f"autokd-{os.getuid()}"
+    folder.mkdir()
+    folder.chmod(0o777)
+    with pytest.raises(LatencyLockError, match="others can write to it"):
+        machine_latency_lock()
+
+
+def test_a_symlink_at_the_lock_path_is_never_followed(tmp_path):
+    target = tmp_path / "victim"
+    lock = tmp_path / "latency.lock"
+    lock.symlink_to(target)
+    with pytest.raises(LatencyLockError, match="cannot open the latency lock"), exclusive(lock):
+        pass
+    assert not target.exists()
