@@ -9,6 +9,7 @@ written when a search ends.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 import warnings
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
 JOURNAL = "optuna-journal.log"
@@ -46,9 +47,60 @@ def trial_dir(run_dir: Path, number: int) -> Path:
     return run_dir / TRIALS_DIR / str(number)
 
 
+def _complete_length(data: bytes) -> int:
+    """Bytes of ``data`` up to and including its last complete, parseable JSON line."""
+    end = len(data)
+    while end:
+        newline = data.rfind(b"\n", 0, end)
+        if newline == -1:
+            return 0
+        if newline + 1 < end and end == len(data) and not data.endswith(b"\n"):
+            end = newline + 1  # a last line without its newline: torn
+            continue
+        start = data.rfind(b"\n", 0, newline) + 1
+        try:
+            json.loads(data[start:newline])
+            return newline + 1
+        except ValueError:  # a garbled line (a full disk writes NUL bytes, say)
+            end = start
+    return 0
+
+
+def repair_journal(path: Path) -> Path | None:
+    """Cut a torn or garbled tail off the journal at ``path``, keeping every complete record.
+
+    A full disk or a kill mid-write leaves a last line without its newline (or garbage); Optuna skips
+    it when reading but appends the next record onto it, after which every read fails. The cut bytes
+    are kept beside the journal (returned), never thrown away. Runs under the journal's own lock, so a
+    process appending at that moment is never cut.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        keep = _complete_length(data)
+        if keep == len(data):
+            return None
+        kept = path.with_name(f"{path.name}.torn-{int(time.time())}-{os.getpid()}")
+        kept.write_bytes(data[keep:])
+        with open(path, "r+b") as journal:
+            journal.truncate(keep)
+            journal.flush()
+            os.fsync(journal.fileno())
+        return kept
+    finally:
+        lock.release()
+
+
 def journal_storage(run_dir: Path) -> JournalStorage:
-    """The study's storage: a journal file that several processes on one machine may share."""
+    """The study's storage: a journal file that several processes on one machine may share.
+
+    A torn tail left by a full disk or a kill is cut off first (see :func:`repair_journal`).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
+    repair_journal(run_dir / JOURNAL)
     return JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
 
 
