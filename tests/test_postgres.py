@@ -160,10 +160,11 @@ def test_a_trial_whose_worker_died_is_failed_by_heartbeat_and_run_again(
     worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while True:  # kill it while its second trial runs
+        while True:  # kill it while its second trial runs (its settings all sampled and stored)
             trials = _database_trials(postgres_url, "pg-heartbeat")
             states = [t.state for t in trials]
-            if states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING in states:
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            if states.count(TrialState.COMPLETE) == 1 and running and "config" in running[0].user_attrs:
                 break
             assert worker.poll() is None, "the search finished before its worker could be killed"
             assert time.monotonic() < deadline
