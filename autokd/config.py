@@ -24,6 +24,9 @@ from pydantic import (
 Range = tuple[float, float]
 MAX_MULTIPLIER = 4.0  # width/depth multipliers beyond this build students larger than any teacher here
 MAX_STUDY_BYTES = 1_000_000  # a study file is a page of settings, not data
+# A study's name names its run and report folders, so it can never climb out of them.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+STUDY_NAME_RULE = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
 
 
 class StudyFileError(ValueError):
@@ -31,7 +34,9 @@ class StudyFileError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere, ranges and method_params included: a non-finite bound would pass
+    # every comparison-based check (NaN compares false) and reach the sampler or the objectives.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_range(value: Range, *, positive: bool = True) -> Range:
@@ -291,8 +296,8 @@ class Study(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
-            raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        if not STUDY_NAME.fullmatch(value):
+            raise ValueError(f"use {STUDY_NAME_RULE}")
         return value
 
     def extension_paths(self, study_path: Path | None) -> list[Path]:

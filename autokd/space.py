@@ -12,7 +12,10 @@ Sampling is define-by-run on an ``optuna.Trial``, the same for every driver:
 
 from __future__ import annotations
 
+import difflib
+
 import optuna
+import timm
 
 from autokd.config import Study, StudyFileError
 from autokd.methods import METHODS, Hyperparameter
@@ -51,6 +54,7 @@ def check_study(study: Study) -> None:
         raise StudyFileError(
             f"field 'data.dataset' = {study.data.dataset!r}: unknown dataset; allowed: {', '.join(DATASETS.names())}"
         )
+    _check_teacher_model(study.teacher.model)
     space = study.search_space
     for i, family in enumerate(space.families):
         if family not in FAMILIES:
@@ -99,6 +103,19 @@ def check_study(study: Study) -> None:
                 f"field 'search_space.families.{i}' = {family!r}: not supported by quantization backend "
                 f"'{backend.name}' ({reason}); supported there: {', '.join(supported)}"
             )
+
+
+def _check_teacher_model(name: str) -> None:
+    """The teacher must be a model timm can build (extension files may register more with timm)."""
+    if ":" in name:  # a source-prefixed name (hf-hub:..., local-dir:...) is resolved by timm when built
+        return
+    if timm.is_model(name):  # also accepts a pretrained tag, e.g. resnet18.a1_in1k
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5)
+    hint = f"close matches: {', '.join(close)}" if close else "no close match"
+    raise StudyFileError(
+        f"field 'teacher.model' = {name!r}: not a timm model; {hint} (timm.list_models() lists them all)"
+    )
 
 
 def _suggest(trial: optuna.Trial, name: str, low: float, high: float, log: bool = False) -> float:

@@ -126,3 +126,17 @@ def test_a_config_stored_by_autokd_01_rebuilds_with_its_temperature_and_share():
     config = TrialConfig.from_dict(stored)
     assert config.method_params == {"hinton_kd": {"temperature": 3.0}}
     assert config.distillation_share == pytest.approx(0.5)  # CE + 1 x KD is the 50/50 mix
+
+
+def test_an_unknown_teacher_model_is_refused_with_close_timm_names(tiny_study):
+    tiny_study["teacher"]["model"] = "resnet10_typo"
+    with pytest.raises(StudyFileError) as error:
+        check_study(parse_study(tiny_study))
+    message = str(error.value)
+    assert message.startswith("field 'teacher.model' = 'resnet10_typo': not a timm model; close matches: ")
+    assert "resnet10t" in message and "\n" not in message
+
+
+def test_a_teacher_model_with_a_pretrained_tag_passes_the_check(tiny_study):
+    tiny_study["teacher"]["model"] = "resnet10t.c3_in1k"
+    check_study(parse_study(tiny_study))  # no error: timm builds it (the tag only picks weights)

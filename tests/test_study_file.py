@@ -67,3 +67,32 @@ def test_an_ordinary_study_still_loads(tmp_path):
         3,
         1.5,
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("name: a\nsearch_space: {distillation_share: [0.5, .nan]}\n", "search_space.distillation_share.1"),
+        ("name: a\nsearch_space: {distillation_share: .nan}\n", "search_space.distillation_share.0"),
+        ("name: a\nsearch_space: {width: [0.1, .inf]}\n", "search_space.width.1"),
+        (
+            "name: a\nsearch_space: {method_params: {hinton_kd: {temperature: [2, .inf]}}}\n",
+            "search_space.method_params.hinton_kd.temperature.1",
+        ),
+        (
+            "name: a\nsearch_space: {method_params: {hinton_kd: {temperature: .nan}}}\n",
+            "search_space.method_params.hinton_kd.temperature.0",
+        ),
+        ("name: a\nteacher: {weight_decay: .inf}\n", "teacher.weight_decay"),
+        ("name: a\nbudget: {time_limit_minutes: .inf}\n", "budget.time_limit_minutes"),
+        (
+            "name: a\nobjectives: {reference_point: {retention: .inf}}\n",
+            "objectives.reference_point.retention",
+        ),
+        ("name: a\nparallel: {gpus_per_trial: .nan}\n", "parallel.gpus_per_trial"),
+        ("name: a\nteacher_cache_max_gb: .inf\n", "teacher_cache_max_gb"),
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_the_field(tmp_path, text, field):
+    message = error_of(tmp_path, text)
+    assert f"field '{field}'" in message and "finite number" in message
