@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import pickle
 import platform
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -89,6 +91,19 @@ def _versions() -> dict:
     return versions
 
 
+_OTHER_TRIAL = "export another completed trial (the report lists them), or search again to train a new one"
+
+
+def _student_weights(weights: Path, number: int) -> dict:
+    """The FP32 state dict a trial saved, or a one-line error when the file is damaged."""
+    try:
+        return torch.load(weights, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise ExportError(
+            f"{weights}: trial {number}'s student weights are unreadable ({type(exc).__name__}); {_OTHER_TRIAL}"
+        ) from None
+
+
 def export_trial(
     run_dir: Path, number: int, *, artifact_format: str | None = None, out: Path | None = None
 ) -> Export:
@@ -106,6 +121,7 @@ def export_trial(
     weights = trial_dir(run_dir, number) / STUDENT_WEIGHTS
     if not weights.exists():
         raise ExportError(f"trial {number} kept no student weights ({weights} not found)")
+    state = _student_weights(weights, number)  # before any data is loaded: a damaged file fails at once
     load_extension_files(records.extensions)  # a family, dataset or backend may come from them
     study = parse_study(records.settings, f"{run_dir} (stored study)")
     config = TrialConfig.from_dict(record.config)
@@ -121,7 +137,12 @@ def export_trial(
 
     data = load_study_data(study)
     student = new_student(config, data)
-    student.load_state_dict(torch.load(weights, weights_only=True))
+    try:
+        student.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:  # keys or shapes of another model
+        raise ExportError(
+            f"{weights}: not the weights of trial {number}'s student ({type(exc).__name__}); {_OTHER_TRIAL}"
+        ) from None
     student.eval()
     calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
     int8 = backend.quantize(student, calibration)
@@ -212,11 +233,13 @@ def load(path: str | Path, *, trust: bool = False) -> DeployedModel:
     command line's ``--trust-pt2``), for files you exported yourself. ONNX files hold no code.
     """
     path = Path(path)
+    card: dict = {}
     if path.is_dir():
         card_path = path / MODEL_CARD
         if not card_path.exists():
             raise ExportError(f"{path} is not an export folder ({MODEL_CARD} not found)")
-        path = _artifact_in(path, _read_card(card_path)["artifact"])
+        card = _read_card(card_path)
+        path = _artifact_in(path, card["artifact"])
     if not path.exists():
         raise ExportError(f"{path} not found")
     if path.suffix in CODE_RUNNING_SUFFIXES and not trust:
@@ -228,7 +251,15 @@ def load(path: str | Path, *, trust: bool = False) -> DeployedModel:
         backend = backend_for_suffix(path.suffix)
     except QuantizationError as exc:
         raise ExportError(f"{path}: {exc}") from None
-    return backend.load(path)
+    try:
+        return backend.load(path)
+    except QuantizationError as exc:  # a truncated or garbled artifact
+        trial = card.get("trial")
+        command = f"autokd export RUN_DIR --trial {trial if isinstance(trial, int) else 'N'}"
+        of_study = f" of study {card['study']!r}" if isinstance(card.get("study"), str) else ""
+        raise ExportError(
+            f"{path}: {exc}; the file is damaged: export the trial{of_study} again with `{command}`"
+        ) from None
 
 
 def evaluate_export(directory: str | Path, split: str = "test", *, trust: bool = False) -> tuple[float, dict]:
@@ -239,8 +270,9 @@ def evaluate_export(directory: str | Path, split: str = "test", *, trust: bool =
         raise ExportError(f"{directory} is not an export folder ({MODEL_CARD} not found)")
     card = _read_card(card_path)
     load_extension_files(card.get("extensions", []))
+    model = load(directory, trust=trust)  # before the data: a damaged artifact fails at once
     data_settings = {k: v for k, v in card["data"].items() if k not in ("seed", "splits")}
     study = parse_study({"name": card["study"], "seed": card["data"]["seed"], "data": data_settings})
     data = load_study_data(study)
     images, labels = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
-    return top1(load(directory, trust=trust), images, labels), card
+    return top1(model, images, labels), card

@@ -115,6 +115,38 @@ def trials_of():
     return _trials_of
 
 
+def _make_run(
+    run_dir: Path, name: str | None = None, *, settings: dict | None = None, configs: tuple[dict, ...] = ()
+) -> Path:
+    """A run folder whose journal is written by plain Optuna (as anyone could write one), no training:
+    study ``name`` (default: the folder's name), the study document ``settings`` as its stored study,
+    and one COMPLETE trial per TrialConfig dict in ``configs``, numbered from 0."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from autokd.pareto import DIRECTIONS
+    from autokd.storage import JOURNAL
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
+    study = optuna.create_study(study_name=name or run_dir.name, storage=storage, directions=list(DIRECTIONS))
+    if settings is not None:
+        study.set_user_attr("study", settings)
+    for config in configs:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.COMPLETE, values=[0.9, 10.0, 1.0], user_attrs={"config": config}
+            )
+        )
+    return run_dir
+
+
+@pytest.fixture
+def make_run():
+    """``make_run(run_dir, name=None, *, settings=None, configs=())``: a hand-built run folder."""
+    return _make_run
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+from dataclasses import asdict
 
 import pytest
+import torch
 
 import autokd
 from autokd.cli import main
@@ -13,7 +16,7 @@ from autokd.deploy import MODEL_CARD, ExportError, evaluate_export, export_trial
 from autokd.quantize import top1
 from autokd.resources import load_study_data
 from autokd.storage import trial_dir
-from autokd.trial import STUDENT_WEIGHTS
+from autokd.trial import STUDENT_WEIGHTS, TrialConfig
 
 
 def _one_trial_study(tiny_study: dict, name: str, backend: str) -> dict:
@@ -114,3 +117,82 @@ def test_a_corrupt_model_card_names_the_file_and_what_to_do(tmp_path):
     (folder / MODEL_CARD).write_text("{not json")
     with pytest.raises(ExportError, match=r"model_card.json is unreadable .*export the trial again"):
         autokd.load(folder)
+
+
+def _truncated_state_dict() -> bytes:
+    buffer = io.BytesIO()
+    torch.save(torch.nn.Linear(4, 2).state_dict(), buffer)
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", "truncated"])
+def test_a_damaged_student_pt_is_one_line_naming_the_file_and_what_to_do(
+    tmp_path, make_run, tiny_study, capsys, content
+):
+    config = asdict(TrialConfig("resnet", 0.125, 0.5))
+    run_dir = make_run(tmp_path / "runs" / "tiny", settings=tiny_study, configs=(config,))
+    weights = trial_dir(run_dir, 0) / STUDENT_WEIGHTS
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(_truncated_state_dict() if content == "truncated" else content)
+    code = main(["export", str(run_dir), "--trial", "0", "--out", str(tmp_path / "export")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{weights}: trial 0's student weights are unreadable" in err
+    assert "export another completed trial" in err
+    assert not (tmp_path / "export").exists()
+
+
+def _identity_onnx() -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    tensor = ["batch", 1, 8, 8]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["logits"])],
+        "identity",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, tensor)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, tensor)],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _export_folder(tmp_path, artifact: bytes):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(artifact)
+    card = {"artifact": "model.onnx", "study": "tiny", "trial": 3, "data": {"dataset": "digits", "seed": 0}}
+    (folder / MODEL_CARD).write_text(json.dumps(card))
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
+def test_a_damaged_model_onnx_says_to_export_the_trial_again(tmp_path, damage):
+    whole = _identity_onnx()
+    artifact = {"empty": b"", "garbage": b"\x0a\xff\xff not protobuf", "truncated": whole[: len(whole) // 2]}
+    folder = _export_folder(tmp_path, artifact[damage])
+    with pytest.raises(ExportError) as error:
+        autokd.load(folder)
+    message = str(error.value)
+    assert message.startswith(f"{folder / 'model.onnx'}: not a loadable ONNX model")
+    assert "`autokd export RUN_DIR --trial 3`" in message and "\n" not in message
+
+
+def test_an_intact_onnx_artifact_still_loads(tmp_path):
+    model = autokd.load(_export_folder(tmp_path, _identity_onnx()))
+    images = torch.rand(2, 1, 8, 8)
+    assert torch.equal(model(images), images)
+
+
+def test_predict_on_a_damaged_model_onnx_exits_2_with_one_line(tmp_path, capsys):
+    folder = _export_folder(tmp_path, b"")
+    assert main(["predict", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a loadable ONNX model" in err and "autokd export" in err
+
+
+def test_a_damaged_trusted_pt2_artifact_says_to_export_the_trial_again(tmp_path):
+    (tmp_path / "model.pt2").write_bytes(b"not even a zip")
+    with pytest.raises(
+        ExportError, match=r"model.pt2: not a loadable torch.export program .*export the trial"
+    ):
+        autokd.load(tmp_path / "model.pt2", trust=True)

@@ -214,8 +214,26 @@ class OnnxRuntimeBackend(QuantizationBackend):
 
     def load(self, path: Path) -> OnnxRuntimeModel:
         import onnx
+        from google.protobuf.message import DecodeError
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
         model_bytes = Path(path).read_bytes()
-        nodes = onnx.load_from_string(model_bytes).graph.node
-        quantized = any(node.op_type in ("QuantizeLinear", "QLinearConv") for node in nodes)
-        return OnnxRuntimeModel(model_bytes, "int8" if quantized else "fp32")
+        try:
+            nodes = onnx.load_from_string(model_bytes).graph.node
+            quantized = any(node.op_type in ("QuantizeLinear", "QLinearConv") for node in nodes)
+            model = OnnxRuntimeModel(model_bytes, "int8" if quantized else "fp32")
+            # The session now (cached for the first call): a truncated or garbled file fails here, not
+            # in the middle of whatever runs it. An empty file even parses as an empty ONNX model.
+            model.session(max(1, torch.get_num_threads()))
+        except (
+            DecodeError,
+            ort_errors.Fail,
+            ort_errors.InvalidArgument,
+            ort_errors.InvalidGraph,
+            ort_errors.InvalidProtobuf,
+            ort_errors.NoModel,
+            ort_errors.NotImplemented,
+            ort_errors.RuntimeException,
+        ) as exc:
+            raise QuantizationError(f"not a loadable ONNX model ({type(exc).__name__})") from None
+        return model

@@ -13,6 +13,7 @@ parameters: they are dropped, so neither the size count nor the saved ``.pt2`` f
 from __future__ import annotations
 
 import copy
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,8 +186,11 @@ class PT2EX86Backend(QuantizationBackend):
         return CompiledTorchModel(eval_copy(model), "fp32")
 
     def load(self, path: Path) -> CompiledTorchModel:
-        with quiet():
-            program = torch.export.load(str(path))
+        try:
+            with quiet():
+                program = torch.export.load(str(path))
+        except (RuntimeError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise QuantizationError(f"not a loadable torch.export program ({type(exc).__name__})") from None
         graph = program.module()
         placeholder = next(n for n in graph.graph.nodes if n.op == "placeholder")
         return CompiledTorchModel(graph, "int8", tuple(int(s) for s in placeholder.meta["val"].shape[1:]))
