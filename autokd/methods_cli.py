@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import unicodedata
 from pathlib import Path
 
 
@@ -28,6 +29,24 @@ def add_method_commands(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("name", help="method name, as in a study's search_space.methods")
     show.add_argument("--study", type=Path, help=study_help)
     show.set_defaults(handler=_show)
+
+
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: control characters other than newline and tab (escape sequences
+    that retitle the window, clear the screen or move the cursor) shown as escapes such as ``\\x1b``.
+
+    Method names, kinds, hyperparameter names, docstrings and origins come from extension files, which
+    anyone may have written.
+    """
+    return "".join(
+        char if char in "\n\t" or unicodedata.category(char) != "Cc" else f"\\x{ord(char):02x}"
+        for char in str(text)  # every control character (C0, DEL, C1) is below 0x100
+    )
+
+
+def _one_line(text: object) -> str:
+    """:func:`printable`, with newlines and tabs escaped too: for a table row or a ``key: value`` line."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
 def _load(study: Path | None) -> None:
@@ -69,7 +88,9 @@ def _list(args: argparse.Namespace) -> int:
     for name in METHODS.names():
         cls = METHODS.get(name)
         hps = "; ".join(describe_hyperparameter(k, s) for k, s in cls.hyperparameters.items()) or "-"
-        rows.append((name, cls.kind, describe_needs(cls), hps))
+        # One row per method: a newline or tab in a name would break the table, so it is escaped too.
+        cells = (name, cls.kind, describe_needs(cls), hps)
+        rows.append(tuple(_one_line(cell) for cell in cells))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         padded = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
@@ -79,21 +100,26 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from autokd.methods import METHODS
+    from autokd.registry import RegistryError
 
     _load(args.study)
-    cls = METHODS.get(args.name)  # RegistryError (unknown name) becomes exit 2 in autokd.cli.main
-    print(f"name:        {args.name}")
-    print(f"kind:        {cls.kind}")
+    try:
+        cls = METHODS.get(args.name)
+    except RegistryError as exc:  # exit 2 in autokd.cli.main; it lists the names extensions registered
+        raise RegistryError(_one_line(exc)) from None
+    name = _one_line(args.name)
+    print(f"name:        {name}")
+    print(f"kind:        {_one_line(cls.kind)}")
     print(f"needs:       {describe_needs(cls)}")
-    print(f"loaded from: {METHODS.origin(args.name)}")
+    print(f"loaded from: {_one_line(METHODS.origin(args.name))}")
     if cls.hyperparameters:
-        print(f"hyperparameters (searched as {args.name}.<name>):")
+        print(f"hyperparameters (searched as {name}.<name>):")
         for key, spec in cls.hyperparameters.items():
-            print(f"  {describe_hyperparameter(key, spec)}")
+            print(f"  {_one_line(describe_hyperparameter(key, spec))}")
     else:
         print("hyperparameters: none")
     print()
     # The class's own docstring: inspect.getdoc would fall back to Method's.
     own = cls.__dict__.get("__doc__")
-    print(inspect.cleandoc(own) if own else "(no docstring)")
+    print(printable(inspect.cleandoc(own)) if own and isinstance(own, str) else "(no docstring)")
     return 0

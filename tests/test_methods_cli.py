@@ -148,3 +148,38 @@ def test_missing_study_file_exits_2(capsys, tmp_path):
     code, _, err = run(capsys, "list", "--study", str(tmp_path / "missing.yaml"))
     assert code == 2
     assert "study file not found" in err
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_show_prints_terminal_escape_sequences_of_a_docstring_as_visible_escapes(capsys):
+    from autokd.methods import Method, register_method
+
+    doc = "Retitles the window\x1b]0;pwned\x07 and clears it\x1b[2J.\n\nSecond paragraph."
+    register_method("autokd_test_escapes")(type("Escapes", (Method,), {"kind": "response", "__doc__": doc}))
+    code, out, _ = run(capsys, "show", "autokd_test_escapes")
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "Retitles the window\\x1b]0;pwned\\x07 and clears it\\x1b[2J.\n\nSecond paragraph." in out
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_list_prints_control_characters_of_names_as_visible_escapes_one_row_each(capsys):
+    from autokd.methods import Hyperparameter, Method, register_method
+
+    attrs = {"kind": "response", "hyperparameters": {"t\x1b[2J": Hyperparameter(low=1, high=2, default=1)}}
+    register_method("autokd_test_\x1b]0;pwned\x07\nrow")(type("Named", (Method,), attrs))
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    row = table_rows(out)["autokd_test_\\x1b]0;pwned\\x07\\nrow"]
+    assert row[3] == "t\\x1b[2J=1 [1, 2]"
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_show_of_an_unknown_name_escapes_the_names_extensions_registered(capsys):
+    from autokd.methods import Method, register_method
+
+    register_method("autokd_test_\x1b[2J")(type("Clear", (Method,), {"kind": "response"}))
+    code, _, err = run(capsys, "show", "no_such_method")
+    assert code == 2
+    assert "\x1b" not in err and "autokd_test_\\x1b[2J" in err and len(err.strip().splitlines()) == 1
