@@ -10,10 +10,14 @@ data it sees, so any later study with the same teacher and data reuses it:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +30,15 @@ from autokd.augment import CropFlip
 from autokd.config import Study
 from autokd.data import DataSplits
 from autokd.quantize import fp32_weight_bytes
+from autokd.storage import write_atomically
 from autokd.students import count_parameters
 from autokd.train import TrainSettings, evaluate, train
 
 TEACHERS_DIR = "_teachers"
+
+
+class TeacherFileError(Exception):
+    """A stored teacher file (weights, metrics or a checkpoint) cannot be used; one line says which."""
 
 
 @dataclass
@@ -44,16 +53,44 @@ class Teacher:
     parameters: int
     weight_bytes: int
     model_name: str
+    weights_sha256: str = ""
+
+    @property
+    def identity(self) -> str:
+        """The teacher's settings and its exact weights: what its cached outputs are bound to."""
+        return f"{self.key}:{self.weights_sha256}"
 
 
-def _save_atomically(obj: object, path: Path) -> None:
-    # Several processes or machines may share the runs folder: a reader must never load half a file.
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    if isinstance(obj, str):
-        partial.write_text(obj)
-    else:
-        torch.save(obj, partial)
-    partial.replace(path)
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@contextlib.contextmanager
+def teacher_lock(directory: Path, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the teacher folder's lock: one process at a time trains, checks or caches this teacher.
+
+    Two searches started together on one teacher therefore never mix two teachers' weights and
+    outputs: the second waits, then reuses what the first stored. Holding the lock, stale
+    ``.partial`` files of processes that died while writing are removed.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"teacher {directory.name}: another autokd process is preparing it; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        for stale in directory.glob("*.partial*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
 
 
 def augmentation_of(study: Study) -> CropFlip | None:
@@ -63,78 +100,86 @@ def augmentation_of(study: Study) -> CropFlip | None:
 
 
 def _build(study: Study, data: DataSplits) -> nn.Module:
-    return timm.create_model(
-        study.teacher.model,
-        pretrained=study.teacher.pretrained,
-        num_classes=data.num_classes,
-        in_chans=data.in_chans,
-    )
+    t = study.teacher
+    try:
+        return timm.create_model(
+            t.model, pretrained=t.pretrained, num_classes=data.num_classes, in_chans=data.in_chans
+        )
+    except Exception as exc:
+        if not t.pretrained:
+            raise
+        raise TeacherFileError(
+            f"field 'teacher.pretrained' = true: timm could not get the pretrained weights of '{t.model}' "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); they download once "
+            "from the Hugging Face Hub into its cache: run once with internet access, or set "
+            "teacher.checkpoint to a local file, or pretrained: false"
+        ) from None
+
+
+def _load_weights(model: nn.Module, path: Path, what: str, remedy: str) -> None:
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise TeacherFileError(f"{what} {path} does not exist; {remedy}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, garbage or a pickle that is not plain weights
+        raise TeacherFileError(
+            f"{what} {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); {remedy}"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - a state dict of another architecture
+        raise TeacherFileError(
+            f"{what} {path} does not fit the teacher model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); {remedy}"
+        ) from None
+
+
+def _read_metrics(path: Path, remedy: str) -> dict:
+    try:
+        metrics = json.loads(path.read_text())
+        float(metrics["test_accuracy"]), float(metrics["val_accuracy"])
+        int(metrics["parameters"]), int(metrics["weight_bytes"])
+        return metrics
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise TeacherFileError(
+            f"teacher metrics {path} are corrupt ({type(exc).__name__}); {remedy}"
+        ) from None
 
 
 def prepare_teacher(
     study: Study, data: DataSplits, runs_root: Path, log: Callable[[str], None] = print
 ) -> Teacher:
-    """Return the study's teacher, training it (or loading its checkpoint) only when not cached yet."""
+    """Return the study's teacher, training it (or loading its checkpoint) only when not cached yet.
+
+    Call it holding :func:`teacher_lock` on the teacher's folder when other processes may start on the
+    same teacher. Training is seeded with the study's seed, so the same settings give the same teacher.
+    """
     key = study.teacher_key()
     directory = runs_root / TEACHERS_DIR / key
     weights, metrics_path = directory / "teacher.pt", directory / "metrics.json"
-    model = _build(study, data)
-    if weights.exists() and metrics_path.exists():
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        metrics = json.loads(metrics_path.read_text())
-        log(
-            f"teacher {study.teacher.model} {key}: reused from {directory} (test top-1 {metrics['test_accuracy']:.4f})"
-        )
-    else:
-        directory.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        if study.teacher.checkpoint:
-            model.load_state_dict(torch.load(study.teacher.checkpoint, weights_only=True))
-            log(f"teacher {study.teacher.model}: loaded {study.teacher.checkpoint}")
-        else:
-            t = study.teacher
+    remedy = f"delete the folder {directory} to train (or load) the teacher again"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(study.seed)  # the teacher's initial weights (and dropout) are the study's
+        model = _build(study, data)
+        if weights.exists() and metrics_path.exists():
+            metrics = _read_metrics(metrics_path, remedy)
+            digest = file_sha256(weights)
+            if metrics.get("weights_sha256", digest) != digest:
+                raise TeacherFileError(
+                    f"teacher weights {weights} do not match the checksum stored in {metrics_path.name} "
+                    f"(changed or corrupted); {remedy}"
+                )
+            _load_weights(model, weights, "teacher weights", remedy)
             log(
-                f"teacher {t.model}: training {t.epochs} epochs on {len(data.train_x)} images (once; cached as {key})"
+                f"teacher {study.teacher.model} {key}: reused from {directory} (test top-1 {metrics['test_accuracy']:.4f})"
             )
-
-            bar = tqdm(total=t.epochs, desc=f"teacher {t.model}", unit="epoch", leave=False, disable=None)
-
-            def report(epoch: int, m: nn.Module) -> None:
-                accuracy = evaluate(m, data.val_x, data.val_y)
-                bar.update(1)
-                bar.set_postfix(val_top1=f"{accuracy:.4f}")
-                log(f"  teacher epoch {epoch}/{t.epochs}: val top-1 {accuracy:.4f}")
-                m.train()
-
-            train(
-                model,
-                data.train_x,
-                data.train_y,
-                TrainSettings(
-                    epochs=t.epochs,
-                    batch_size=t.batch_size,
-                    lr=t.lr,
-                    weight_decay=t.weight_decay,
-                    seed=study.seed,
-                ),
-                augmentation=augmentation_of(study),
-                on_epoch=report,
-            )
-            bar.close()
-        metrics = {
-            "model": study.teacher.model,
-            "key": key,
-            "val_accuracy": evaluate(model, data.val_x, data.val_y),
-            "test_accuracy": evaluate(model, data.test_x, data.test_y),
-            "parameters": count_parameters(model),
-            "weight_bytes": fp32_weight_bytes(model),
-            "seconds": time.perf_counter() - start,
-            "source": study.teacher.checkpoint or "trained",
-            "teacher_section": study.teacher.model_dump(),
-        }
-        _save_atomically(model.state_dict(), weights)
-        _save_atomically(json.dumps(metrics, indent=2), metrics_path)
-        log(f"teacher ready: test top-1 {metrics['test_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            metrics = _train_or_load(study, data, model, key, log)
+            write_atomically(model.state_dict(), weights)
+            metrics["weights_sha256"] = file_sha256(weights)
+            write_atomically(json.dumps(metrics, indent=2), metrics_path)
+            log(f"teacher ready: test top-1 {metrics['test_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
     model.eval()
     return Teacher(
         key=key,
@@ -145,4 +190,59 @@ def prepare_teacher(
         parameters=metrics["parameters"],
         weight_bytes=metrics["weight_bytes"],
         model_name=study.teacher.model,
+        weights_sha256=metrics.get("weights_sha256") or file_sha256(weights),
     )
+
+
+def _train_or_load(
+    study: Study, data: DataSplits, model: nn.Module, key: str, log: Callable[[str], None]
+) -> dict:
+    start = time.perf_counter()
+    t = study.teacher
+    if t.checkpoint:
+        _load_weights(
+            model,
+            Path(t.checkpoint),
+            "teacher.checkpoint",
+            f"point teacher.checkpoint at a state dict of timm's '{t.model}'",
+        )
+        log(f"teacher {t.model}: loaded {t.checkpoint}")
+    else:
+        log(
+            f"teacher {t.model}: training {t.epochs} epochs on {len(data.train_x)} images (once; cached as {key})"
+        )
+        bar = tqdm(total=t.epochs, desc=f"teacher {t.model}", unit="epoch", leave=False, disable=None)
+
+        def report(epoch: int, m: nn.Module) -> None:
+            accuracy = evaluate(m, data.val_x, data.val_y)
+            bar.update(1)
+            bar.set_postfix(val_top1=f"{accuracy:.4f}")
+            log(f"  teacher epoch {epoch}/{t.epochs}: val top-1 {accuracy:.4f}")
+            m.train()
+
+        train(
+            model,
+            data.train_x,
+            data.train_y,
+            TrainSettings(
+                epochs=t.epochs,
+                batch_size=t.batch_size,
+                lr=t.lr,
+                weight_decay=t.weight_decay,
+                seed=study.seed,
+            ),
+            augmentation=augmentation_of(study),
+            on_epoch=report,
+        )
+        bar.close()
+    return {
+        "model": t.model,
+        "key": key,
+        "val_accuracy": evaluate(model, data.val_x, data.val_y),
+        "test_accuracy": evaluate(model, data.test_x, data.test_y),
+        "parameters": count_parameters(model),
+        "weight_bytes": fp32_weight_bytes(model),
+        "seconds": time.perf_counter() - start,
+        "source": t.checkpoint or "trained",
+        "teacher_section": t.model_dump(),
+    }

@@ -6,16 +6,22 @@ The cache lives beside the teacher, in ``<runs>/_teachers/<teacher key>/outputs-
 - ``logits.npy``: (V, N, classes) float32 teacher logits for those views,
 - ``stage<i>.npy``: (V, N, C, H, W) float16 teacher features of timm stage ``i``, for the stages the
   study's plugins ask for, while they fit under the disk cap (the others are computed on the fly),
-- ``meta.json``: what is in it, written last so a half-written cache is never read.
+- ``meta.json``: what is in it and the SHA-256 of every array, written last so a half-written cache is
+  never read.
 
 All arrays are memory-mapped read-only by trials, so several processes read one copy. The cache key
-hashes the teacher key, the preprocessing (augmentation and number of views) and the cached stages.
+hashes the teacher's identity (its settings *and* the checksum of its weights, so a retrained teacher
+never reads another teacher's outputs), the preprocessing (augmentation and number of views) and the
+cached stages. Every array is checked against its checksum when the cache is opened; a cache that
+fails the check (a zeroed or truncated file) is computed again.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,14 +77,22 @@ class TeacherOutputs:
         return logits, features
 
 
+class CacheSpaceError(OSError):
+    """The teacher-output cache does not fit on the disk (said before anything is written)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def cache_key(teacher_key: str, augmentation: CropFlip | None, views: int, stages: Sequence[int]) -> str:
-    """Content hash of what the cache holds: the teacher+data, the preprocessing and the cached stages."""
+    """Content hash of what the cache holds: the teacher (settings and weights), the preprocessing and
+    the cached stages."""
     payload = {
         "teacher": teacher_key,
         "augmentation": augmentation.__dict__ if augmentation else None,
         "views": views,
         "stages": sorted(stages),
-        "format": 1,
+        "format": 2,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -134,15 +148,66 @@ def build_teacher_outputs(
             live.append(stage)
     key = cache_key(teacher_key, augmentation, views, cached_stages)
     directory = teacher_dir / f"outputs-{key}"
-    if not (directory / "meta.json").exists():
+    meta = _valid_meta(directory, log)
+    if meta is None:
         _compute(model, train_x, directory, view_params, augmentation, views, cached_stages, batch_size, log)
-    meta = json.loads((directory / "meta.json").read_text())
+        meta = _valid_meta(directory, log)
+        if meta is None:
+            raise RuntimeError(f"teacher cache {directory} failed its checksum right after it was written")
     logits = np.load(directory / "logits.npy", mmap_mode="r")
     features = {s: np.load(directory / f"stage{s}.npy", mmap_mode="r") for s in meta["stages"]}
     stored_views = torch.from_numpy(np.load(directory / "views.npy")) if augmentation is not None else None
     if live:
         log(f"teacher cache: stage(s) {live} exceed the {max_bytes / 1e9:.1f} GB cap and are computed live")
     return TeacherOutputs(model, stored_views, augmentation, logits, features, tuple(sorted(live)), directory)
+
+
+def _arrays(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.npy"))
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _valid_meta(directory: Path, log: Callable[[str], None]) -> dict | None:
+    """The cache's metadata when every array matches its stored checksum; None when it must be built."""
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        sums = meta["sha256"]
+        ok = sorted(sums) == [p.name for p in _arrays(directory)] and all(
+            _sha256(directory / name) == digest for name, digest in sums.items()
+        )
+    except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError):
+        ok = False
+    if ok:
+        return meta
+    log(f"teacher cache {directory} is damaged (a file fails its checksum or is missing); computing it again")
+    return None
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: a full disk is then an error here, not a SIGBUS later."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise CacheSpaceError(
+            errno.ENOSPC,
+            f"the teacher-output cache needs {needed / 1e9:.2f} GB in {directory}, which has "
+            f"{free / 1e9:.2f} GB free: free some space or lower teacher_cache_max_gb (stages over it are "
+            "computed live)",
+        )
 
 
 @torch.no_grad()
@@ -160,6 +225,26 @@ def _compute(
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    try:
+        _fill(model, train_x, partial, view_params, augmentation, views, stages, batch_size, log)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # never leave half a cache taking the disk
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+
+
+def _fill(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    partial: Path,
+    view_params: torch.Tensor | None,
+    augmentation: CropFlip | None,
+    views: int,
+    stages: Sequence[int],
+    batch_size: int,
+    log: Callable[[str], None],
+) -> None:
     n = len(train_x)
     model.eval()
     log(f"teacher cache: computing outputs for {n} images × {views} view(s), stages {list(stages) or 'none'}")
@@ -180,20 +265,36 @@ def _compute(
                 x = augmentation.apply(x, view_params[v, idx])
             out, feats = forward_with_features(model, x, sorted(stages))
             if logits is None:
-                logits = np.lib.format.open_memmap(
-                    partial / "logits.npy", mode="w+", dtype=np.float32, shape=(views, n, out.shape[1])
+                shapes = {"logits.npy": (np.float32, (views, n, out.shape[1]))}
+                shapes.update(
+                    {
+                        f"stage{s}.npy": (np.float16, (views, n, *f.shape[1:]))
+                        for s, f in zip(sorted(stages), feats, strict=True)
+                    }
                 )
-                for s, f in zip(sorted(stages), feats, strict=True):
-                    features[s] = np.lib.format.open_memmap(
-                        partial / f"stage{s}.npy", mode="w+", dtype=np.float16, shape=(views, n, *f.shape[1:])
+                _check_space(
+                    partial, sum(np.dtype(d).itemsize * int(np.prod(shape)) for d, shape in shapes.values())
+                )
+                arrays = {}
+                for name, (dtype, shape) in shapes.items():
+                    arrays[name] = np.lib.format.open_memmap(
+                        partial / name, mode="w+", dtype=dtype, shape=shape
                     )
+                    _reserve(partial / name)
+                logits = arrays["logits.npy"]
+                features = {s: arrays[f"stage{s}.npy"] for s in sorted(stages)}
             logits[v, start : start + len(idx)] = out.numpy()
             for s, f in zip(sorted(stages), feats, strict=True):
                 features[s][v, start : start + len(idx)] = f.numpy().astype(np.float16)
     for array in [logits, *features.values()]:
         array.flush()
+    del logits, features
     if view_params is not None:
         np.save(partial / "views.npy", view_params.numpy())
-    (partial / "meta.json").write_text(json.dumps({"views": views, "stages": sorted(stages), "images": n}))
-    shutil.rmtree(directory, ignore_errors=True)
-    partial.rename(directory)
+    sums = {}
+    for path in _arrays(partial):
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        sums[path.name] = _sha256(path)
+    meta = {"views": views, "stages": sorted(stages), "images": n, "sha256": sums}
+    (partial / "meta.json").write_text(json.dumps(meta))

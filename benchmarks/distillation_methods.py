@@ -60,7 +60,7 @@ def main() -> None:
     teacher = prepare_teacher(study, data, args.runs_dir)
     stages = sorted({s for m in ("fitnets", "rkd") for s in _teacher_stages(m, teacher.model)})
     outputs = build_teacher_outputs(
-        teacher.model, data.train_x, teacher.directory, teacher.key, stages=stages
+        teacher.model, data.train_x, teacher.directory, teacher.identity, stages=stages
     )
     print(
         f"teacher {teacher.model_name}: test top-1 {teacher.test_accuracy:.4f}; student {args.family} "
