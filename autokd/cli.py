@@ -7,12 +7,13 @@ answers at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
 from pathlib import Path
 
-from autokd.methods_cli import add_method_commands
+from autokd.methods_cli import add_method_commands, printable
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -26,8 +27,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from autokd.quantize import QuantizationError
     from autokd.registry import ExtensionLoadError, RegistryError
     from autokd.reporting import ReportError
+    from autokd.storage import StudyBusyError
+    from autokd.teacher import TeacherFileError
+    from autokd.teacher_cache import CacheSpaceError
 
     return (
+        CacheSpaceError,
+        StudyBusyError,
+        TeacherFileError,
         StudyFileError,
         DatasetUnavailableError,
         ExtensionLoadError,
@@ -70,6 +77,11 @@ def _search(args: argparse.Namespace) -> int:
         progress=not (args.no_progress or args.quiet),
         log=LOG.info,
     )
+    if not result.completed and str(result.stopped_reason) == "time limit":
+        print(
+            "no trial finished within budget.time_limit_minutes (the report says what took the time): "
+            "raise it, or run the same command again to resume"
+        )
     print(
         f"{result.completed} completed trials (stopped by {result.stopped_reason}); "
         f"report: {result.report_dir / 'index.html'}"
@@ -235,7 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if isinstance(exc, _user_errors()):
-            print(f"autokd: error: {exc}", file=sys.stderr)
+            # Messages quote file contents (study names, extension errors): never raw escapes.
+            print(f"autokd: error: {printable(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            from autokd.storage import disk_full_message
+
+            print(f"autokd: error: {disk_full_message(exc)}", file=sys.stderr)
             return 2
         raise
 

@@ -71,9 +71,14 @@ def record_failure(trial: optuna.Trial, error: str) -> None:
     trial.set_user_attr("error", error)
 
 
-def fail_interrupted(study: optuna.Study, message: str) -> int:
-    """Fail every trial left RUNNING (only safe when no other process runs trials); return how many."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+def fail_interrupted(study: optuna.Study, message: str, *, worker: str | None = None) -> int:
+    """Fail every trial left RUNNING (only safe when no other process runs trials), or only those of
+    the dead process ``worker``; return how many."""
+    stale = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if worker is None or t.user_attrs.get("worker") == worker
+    ]
     if not stale:
         return 0
     notes = dict(study.user_attrs.get(INTERRUPTED, {}))

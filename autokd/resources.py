@@ -7,6 +7,8 @@ are context managers that the drivers hold while trials run and that restore wha
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from autokd.features import feature_stage_indices
 from autokd.methods import METHODS
 from autokd.registry import load_extension_files
 from autokd.space import check_study, methods_of
-from autokd.teacher import Teacher, augmentation_of, prepare_teacher
+from autokd.teacher import TEACHERS_DIR, Teacher, augmentation_of, prepare_teacher, teacher_lock
 from autokd.teacher_cache import TeacherOutputs, build_teacher_outputs
 from autokd.trial import TeacherReference
 
@@ -40,6 +42,51 @@ class Resources:
         """The teacher as trials see it: its outputs (cached or live) and its FP32 figures."""
         t = self.teacher
         return TeacherReference(self.outputs, t.test_accuracy, t.parameters, t.weight_bytes)
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:9]]
+    return values[3] + values[4], sum(values)  # idle + iowait, all
+
+
+def busy_cores(sample_s: float = 0.5) -> float:
+    """How many cores other processes keep busy now (this process sleeps while it looks)."""
+    try:
+        idle0, total0 = _cpu_times()
+        time.sleep(sample_s)
+        idle1, total1 = _cpu_times()
+    except (OSError, ValueError, IndexError):  # no /proc: the load average, which lags a minute
+        return os.getloadavg()[0]
+    busy_share = 1 - (idle1 - idle0) / max(1, total1 - total0)
+    return max(0.0, busy_share * (os.cpu_count() or 1))
+
+
+def free_cores(busy: float | None = None) -> int:
+    """The cores this process may use (its affinity) that other processes leave free; at least 1.
+
+    Torch's intra-op threads wait for each other at every operator: with more threads than free
+    cores, each waits on threads the scheduler has parked behind other processes, and training slows
+    far beyond its share of the machine (see benchmarks/busy_machine.py).
+    """
+    cores = len(os.sched_getaffinity(0))
+    busy = busy_cores() if busy is None else busy
+    return max(1, min(cores, round(cores - busy)))
+
+
+def training_threads(study: Study, log: Callable[[str], None], *, processes: int = 1) -> int:
+    """Torch threads per training process: ``training.threads``, else the free cores split among them."""
+    if study.training.threads:
+        return study.training.threads
+    cores = len(os.sched_getaffinity(0))
+    busy = busy_cores()
+    free = free_cores(busy)
+    if free < cores:
+        log(
+            f"other processes keep {busy:.1f} of this machine's {cores} cores busy: training on {free} "
+            "(set training.threads to choose)"
+        )
+    return max(1, free // processes)
 
 
 @contextlib.contextmanager
@@ -115,13 +162,17 @@ def prepare_resources(
     log(
         f"data {study.data.dataset}: {len(data.train_x)} train / {len(data.val_x)} val / {len(data.test_x)} test images"
     )
-    with torch_threads(threads or study.training.threads or torch.get_num_threads()):
+    directory = runs_root / TEACHERS_DIR / study.teacher_key()
+    with (
+        torch_threads(threads or study.training.threads or torch.get_num_threads()),
+        teacher_lock(directory, log),
+    ):
         teacher = prepare_teacher(study, data, runs_root, log)
         outputs = build_teacher_outputs(
             teacher.model,
             data.train_x,
             teacher.directory,
-            teacher.key,
+            teacher.identity,
             enabled=study.teacher_cache,
             augmentation=augmentation_of(study),
             views=study.augmentation.views,

@@ -9,6 +9,7 @@ it, what is stored about it and when the search ends are decided here, in :mod:`
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import socket
@@ -133,6 +134,64 @@ def describe_study(optuna_study: optuna.Study, resources: Resources, lock: Path)
     )
 
 
+# Settings a resumed study may change: how long and how it runs, not what a trial is or how it is measured.
+RESUMABLE_CHANGES = (
+    "budget.trials",
+    "budget.time_limit_minutes",
+    "budget.max_consecutive_failures",
+    "training.threads",
+    "parallel.",
+    "teacher_cache",
+    "teacher_cache_max_gb",
+    "prescreen",
+    "extensions",
+    "plugins",
+)
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key != "method_params":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(stored: dict, study: Study) -> list[str]:
+    """``field: old -> new`` for every setting that differs from the stored study's and may not change."""
+    old, new = _flatten(stored), _flatten(json.loads(study.model_dump_json()))
+    return [
+        f"{key}: {old[key]!r} -> {new[key]!r}"
+        for key in sorted(old.keys() & new.keys())
+        if old[key] != new[key] and not key.startswith(RESUMABLE_CHANGES)
+    ]
+
+
+def check_unchanged(study: Study, location: StorageLocation) -> None:
+    """Refuse to resume a study whose file changed what a trial is or how it is measured.
+
+    Run before any data or teacher work, so a changed study costs nothing. Budget, time limit,
+    threads, parallelism and the like may change between runs; anything else would mix trials that
+    are not comparable into one front.
+    """
+    storage = location.open()
+    if study.name not in optuna.get_all_study_names(storage):
+        return
+    stored = optuna.load_study(study_name=study.name, storage=storage).user_attrs.get("study")
+    if not stored:
+        return
+    changes = changed_settings(stored, study)
+    if changes:
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise StudyFileError(
+            f"study '{study.name}' in {location.describe()} was run with other settings ({shown}): trials "
+            "of both would share one front; give the study a new name to search these settings, or "
+            "restore them to resume"
+        )
+
+
 def record_execution(optuna_study: optuna.Study, *, backend: str, concurrent_trials: int, **details) -> None:
     """Append how this search ran (backend, concurrency, latency policy) to the study, for the report."""
     executions = list(optuna_study.user_attrs.get("executions", []))
@@ -146,6 +205,24 @@ def record_execution(optuna_study: optuna.Study, *, backend: str, concurrent_tri
             **details,
         }
     )
+    optuna_study.set_user_attr("executions", executions)
+
+
+def record_end(
+    optuna_study: optuna.Study, reason: object, *, prepare_seconds: float, threads: int, **details
+) -> None:
+    """Complete this search's execution record: why it stopped, what preparing cost, torch threads."""
+    executions = list(optuna_study.user_attrs.get("executions", []))
+    if not executions:
+        return
+    executions[-1] = {
+        **executions[-1],
+        "stopped_by": str(reason),
+        "ended": datetime.datetime.now().isoformat(timespec="seconds"),
+        "prepare_seconds": round(prepare_seconds, 1),
+        "threads": threads,
+        **details,
+    }
     optuna_study.set_user_attr("executions", executions)
 
 
@@ -182,6 +259,8 @@ def open_study(
             f"study '{study.name}' in {location.describe()} was run with another teacher or data ({stored_key}); "
             "rename the study or delete its run folder"
         )
+    # Only resumable settings can differ here (check_unchanged ran first): store the current ones.
+    optuna_study.set_user_attr("study", json.loads(study.model_dump_json()))
     return optuna_study
 
 
@@ -256,6 +335,8 @@ class TrialRunner:
         """Sample the trial's config and store it; None when the pre-screen skipped it (recorded, to be
         told PRUNED: it never counts against the budget). Raises :class:`ProposalFailed` (with the error
         recorded) when the config cannot be sampled."""
+        # Who runs it, first: if this process dies while sampling, its parent can still fail the trial.
+        trial.set_user_attr("worker", worker_id())
         try:
             config = sample_config(trial, self.study)
         except Exception as exc:  # noqa: BLE001 - recorded on the trial, which then fails
@@ -347,6 +428,10 @@ class TrialRunner:
             return Outcome(TrialState.PRUNED, stop=stopped.stop)
         except KeyboardInterrupt:
             raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # not the trial's fault: every later trial would fail too; the search stops
+            return Outcome(TrialState.FAIL, error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - a failed trial is a result, recorded with its message
             return Outcome(TrialState.FAIL, error=f"{type(exc).__name__}: {exc}")
         finally:

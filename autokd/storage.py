@@ -8,13 +8,20 @@ written when a search ends.
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
 import importlib.util
+import io
 import json
 import os
+import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -79,29 +86,209 @@ def repair_journal(path: Path) -> Path | None:
     lock = JournalFileSymlinkLock(str(path))
     lock.acquire()
     try:
-        data = path.read_bytes()
-        keep = _complete_length(data)
-        if keep == len(data):
-            return None
-        kept = path.with_name(f"{path.name}.torn-{int(time.time())}-{os.getpid()}")
-        kept.write_bytes(data[keep:])
-        with open(path, "r+b") as journal:
-            journal.truncate(keep)
-            journal.flush()
-            os.fsync(journal.fileno())
-        return kept
+        return _cut_torn_tail(path)
     finally:
         lock.release()
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space (or quota); what was stored before it is intact."""
+
+
+def disk_full_message(exc: OSError, path: str | Path | None = None) -> str:
+    """One line for a full disk: where, and that rerunning the same command resumes."""
+    where = path or exc.filename or "the runs folder"
+    return (
+        f"no space left on the device writing {where}: free some space, then run the same command "
+        "again (everything stored before this point is kept and the search resumes)"
+    )
+
+
+class RepairingJournalBackend(JournalFileBackend):
+    """Optuna's journal file (which fsyncs every append) that never appends onto a torn record.
+
+    A write that fails (a full disk) is cut back to the last complete record at once, under the
+    journal's lock; a tail torn by a process killed mid-write is cut (and kept beside the journal)
+    before the next append, so no record is ever glued onto half of another.
+    """
+
+    def __init__(self, file_path: str) -> None:
+        self._journal_lock = JournalFileSymlinkLock(file_path)
+        super().__init__(file_path, lock_obj=self._journal_lock)
+        self._journal_path = Path(file_path)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._journal_lock.acquire()
+        try:
+            size = self._journal_path.stat().st_size
+            if size and not _ends_with_newline(self._journal_path, size):
+                _cut_torn_tail(self._journal_path)
+                size = self._journal_path.stat().st_size
+            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+            try:
+                with open(self._journal_path, "ab") as journal:
+                    journal.write(text.encode("utf-8"))
+                    journal.flush()
+                    os.fsync(journal.fileno())
+            except OSError as exc:
+                with open(self._journal_path, "r+b") as journal:  # truncating needs no space
+                    journal.truncate(size)
+                    os.fsync(journal.fileno())
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFullError(exc.errno, os.strerror(exc.errno), str(self._journal_path)) from exc
+                raise
+        finally:
+            self._journal_lock.release()
+
+
+def _ends_with_newline(path: Path, size: int) -> bool:
+    with open(path, "rb") as journal:
+        journal.seek(size - 1)
+        return journal.read(1) == b"\n"
+
+
+def _cut_torn_tail(path: Path) -> Path | None:
+    """Cut everything after the last complete record (the caller holds the journal's lock)."""
+    data = path.read_bytes()
+    keep = _complete_length(data)
+    if keep == len(data):
+        return None
+    kept = path.with_name(f"{path.name}.torn-{int(time.time())}-{os.getpid()}")
+    try:
+        kept.write_bytes(data[keep:])
+    except OSError:  # no room to keep the torn bytes (a full disk): they are half a record anyway
+        kept.unlink(missing_ok=True)
+        kept = None
+    with open(path, "r+b") as journal:
+        journal.truncate(keep)
+        journal.flush()
+        os.fsync(journal.fileno())
+    return kept
+
+
+def write_atomically(obj: object, path: Path) -> None:
+    """Write ``obj`` (text, or anything ``torch.save`` takes) to ``path`` so that no reader ever sees half
+    of it: written beside it, fsynced, renamed over it. A full disk is an ``OSError`` (ENOSPC) and
+    leaves nothing behind."""
+    import torch
+
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    if isinstance(obj, str):
+        payload = obj.encode()
+    else:  # serialised in memory: torch.save onto a full disk fails with a RuntimeError, not ENOSPC
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        payload = buffer.getvalue()
+    try:
+        with open(partial, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)  # after a failed write (a full disk): never leave it behind
 
 
 def journal_storage(run_dir: Path) -> JournalStorage:
     """The study's storage: a journal file that several processes on one machine may share.
 
-    A torn tail left by a full disk or a kill is cut off first (see :func:`repair_journal`).
+    A torn tail left by a full disk or a kill is cut off first (see :func:`repair_journal`), and
+    appends never glue a record onto a torn one (see :class:`RepairingJournalBackend`).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     repair_journal(run_dir / JOURNAL)
-    return JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
+    return JournalStorage(RepairingJournalBackend(str(run_dir / JOURNAL)))
+
+
+OWNER_LOCK = "owner.lock"
+
+
+class StudyBusyError(Exception):
+    """Another search owns this study's run folder (one line naming the holder)."""
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        info = json.loads(lock_path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "another autokd process"
+    return (
+        f"pid {info.get('pid')} on {info.get('host')} (started {info.get('started')}: {info.get('command')})"
+    )
+
+
+class StudyOwner:
+    """The lock that makes one search at a time the owner of a study's run folder (journal storage).
+
+    The owning search holds ``<run>/owner.lock`` with ``flock`` and writes who it is into it; its
+    worker processes join it with shared locks, so a second search is refused while the owner or any
+    of its workers (even orphaned ones) is alive. The kernel drops the lock when a process dies, so a
+    killed search never leaves it behind.
+    """
+
+    def __init__(self, run_dir: Path, study_name: str) -> None:
+        self.path = run_dir / OWNER_LOCK
+        self.study_name = study_name
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+    def _busy(self) -> StudyBusyError:
+        return StudyBusyError(
+            f"study '{self.study_name}' in {self.path.parent} is being searched by {_holder(self.path)}; "
+            "wait for that search to end (or stop it), then run this command again"
+        )
+
+    def acquire(self) -> StudyOwner:
+        """Become the owner, or raise :class:`StudyBusyError` at once naming the holder."""
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._busy() from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:200],
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        # Shared from now on, so that this search's workers can join; another owner needs it exclusive.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # someone took it in the instant of the downgrade
+            os.close(fd)
+            raise self._busy() from None
+        self._fd = fd
+        return self
+
+    def join(self) -> StudyOwner:
+        """Join the owner's lock from a worker process (shared; never refused while the owner lives)."""
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._busy() from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> StudyOwner:
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)

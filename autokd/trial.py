@@ -30,6 +30,7 @@ from autokd.quantize import (
     predict,
 )
 from autokd.quantize.qat import copy_weights_back, prepare_qat
+from autokd.storage import write_atomically
 from autokd.students import build_student, count_parameters
 from autokd.teacher_cache import TeacherOutputs
 from autokd.train import TrainSettings, WeightedMethod, evaluate, predict_logits, train
@@ -336,7 +337,7 @@ def run_trial(
             directory = artifact_dir if artifact_dir is not None else Path(tmp)
             directory.mkdir(parents=True, exist_ok=True)
             if artifact_dir is not None:
-                torch.save(student.state_dict(), directory / STUDENT_WEIGHTS)
+                write_atomically(student.state_dict(), directory / STUDENT_WEIGHTS)
             if backend.artifact_format:
                 artifact_bytes = int8_model.save(directory / "int8").stat().st_size
         quant_seconds += time.perf_counter() - save_start

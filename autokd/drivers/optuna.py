@@ -8,7 +8,10 @@ machines), each with its own sampler seed.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing.connection
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,19 +24,22 @@ from tqdm import tqdm
 
 from autokd.budget import Budget, StopReason
 from autokd.config import Study
-from autokd.resources import prepare_resources, quiet_optuna, torch_threads
+from autokd.record import fail_interrupted
+from autokd.resources import prepare_resources, quiet_optuna, torch_threads, training_threads
 from autokd.runner import (
     WAIT_POLL_SECONDS,
     ProposalFailed,
     TrialRunner,
+    check_unchanged,
     completed_count,
     fail_dead_trials,
     open_study,
+    record_end,
     record_execution,
     running_count,
 )
 from autokd.space import make_sampler
-from autokd.storage import StorageLocation
+from autokd.storage import StorageLocation, StudyOwner
 
 
 def run_one_trial(runner: TrialRunner) -> TrialState:
@@ -127,7 +133,12 @@ def _worker_main(task: _WorkerTask, outcomes) -> None:
         print(prefix + line, flush=True)
 
     try:
-        with quiet_optuna(), torch_threads(task.threads):
+        owner = (
+            StudyOwner(task.location.run_dir, task.study.name).join()
+            if not task.location.heartbeats
+            else contextlib.nullcontext()
+        )
+        with owner, quiet_optuna(), torch_threads(task.threads):
             # The parent built the teacher and its output cache: here they are only read from disk.
             resources = prepare_resources(
                 task.study, runs_root=task.runs_root, study_path=task.study_path, log=lambda _: None
@@ -154,16 +165,18 @@ def _worker_main(task: _WorkerTask, outcomes) -> None:
 
 
 def _run_workers(
+    optuna_study: optuna.Study,
     study: Study,
     runs_root: Path,
     study_path: Path | None,
     location: StorageLocation,
     workers: int,
     deadline: float | None,
+    log: Callable[[str], None],
 ) -> tuple[int, StopReason]:
     context = torch.multiprocessing.get_context("spawn")
     outcomes = context.SimpleQueue()
-    threads = study.training.threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = training_threads(study, log, processes=workers)
     processes = [
         context.Process(
             target=_worker_main,
@@ -175,8 +188,23 @@ def _run_workers(
     for process in processes:
         process.start()
     try:
-        for process in processes:
-            process.join()
+        running = {process.sentinel: process for process in processes}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                process = running.pop(sentinel)
+                process.join()
+                if process.exitcode != 0:
+                    # Its trial would stay RUNNING for ever and hold a place in the budget: fail it,
+                    # so that the other workers run another in its place and the search can end.
+                    lost = fail_interrupted(
+                        optuna_study,
+                        f"interrupted: worker {process.name} died (exit code {process.exitcode})",
+                        worker=f"{socket.gethostname()}:{process.pid}",
+                    )
+                    log(
+                        f"worker {process.name} died (exit code {process.exitcode}); "
+                        f"{lost} trial(s) it was running marked FAILED"
+                    )
     finally:
         for process in processes:  # after Ctrl-C: give workers time to fail their trial, then stop them
             process.join(timeout=30)
@@ -226,8 +254,16 @@ def run(
 
     budget = Budget.of(study)
     location = StorageLocation(runs_root / study.name, storage_url, heartbeat_interval)
-    with quiet_optuna():
-        resources = prepare_resources(study, runs_root=runs_root, study_path=study_path, log=log)
+    # On a database several machines share the study (heartbeats find dead workers); on the journal
+    # one search at a time owns it.
+    owner = StudyOwner(location.run_dir, study.name) if storage_url is None else contextlib.nullcontext()
+    with quiet_optuna(), owner:
+        check_unchanged(study, location)
+        started = time.monotonic()
+        threads = training_threads(study, log)
+        resources = prepare_resources(
+            study, runs_root=runs_root, study_path=study_path, log=log, threads=threads
+        )
         optuna_study = open_study(resources, location, log=log)
         fail_dead_trials(optuna_study, location, log)
         record_execution(
@@ -241,8 +277,8 @@ def run(
         done = completed_count(optuna_study)
         if done:
             log(f"resuming '{study.name}': {done}/{budget.trials} trials already complete")
+        prepare_seconds = time.monotonic() - started
         if workers == 1:
-            threads = study.training.threads or torch.get_num_threads()
             with (
                 torch_threads(threads),
                 tqdm(
@@ -264,8 +300,15 @@ def run(
         else:
             log(f"{workers} worker processes on {location.describe()}")
             failed_now, reason = _run_workers(
-                study, runs_root, study_path, location, workers, budget.deadline
+                optuna_study, study, runs_root, study_path, location, workers, budget.deadline, log
             )
+        record_end(
+            optuna_study,
+            reason,
+            prepare_seconds=prepare_seconds,
+            threads=threads,
+            time_limit_minutes=study.budget.time_limit_minutes,
+        )
         if storage_url:
             copy_to_journal(optuna_study, resources.run_dir)
             log(

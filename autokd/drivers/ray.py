@@ -38,13 +38,15 @@ from autokd.runner import (
     Outcome,
     ProposalFailed,
     TrialRunner,
+    check_unchanged,
     completed_count,
     fail_dead_trials,
     open_study,
+    record_end,
     record_execution,
     running_count,
 )
-from autokd.storage import StorageLocation, trial_dir
+from autokd.storage import StorageLocation, StudyOwner, trial_dir
 from autokd.trial import TeacherReference, TrialConfig, TrialResult, run_trial
 
 try:
@@ -267,9 +269,12 @@ def run(
 ) -> DriverOutcome:
     """Run (or resume) ``study`` on Ray: on the cluster at ``address``, or on a Ray started locally."""
     budget = Budget.of(study)
-    with quiet_optuna():
+    location = StorageLocation(runs_root / study.name)
+    with quiet_optuna(), StudyOwner(location.run_dir, study.name):
+        check_unchanged(study, location)
+        started = time.monotonic()
         resources = prepare_resources(study, runs_root=runs_root, study_path=study_path, log=log)
-        location = StorageLocation(resources.run_dir)
+        prepare_seconds = time.monotonic() - started
         optuna_study = open_study(resources, location, log=log)
         fail_dead_trials(optuna_study, location, log)
         parallel = study.parallel
@@ -305,4 +310,11 @@ def run(
                 f"{'median rule' if study.early_stopping.enabled else 'off'}"
             )
             failed_now, reason = tune_study(runner, budget, trainable, ray_dir=resources.run_dir / "ray")
+        record_end(
+            optuna_study,
+            reason,
+            prepare_seconds=prepare_seconds,
+            threads=study.training.threads or max(1, int(parallel.cpus_per_trial)),
+            time_limit_minutes=study.budget.time_limit_minutes,
+        )
         return DriverOutcome(resources.run_dir, completed_count(optuna_study), failed_now, reason)
