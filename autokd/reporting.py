@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from autokd.config import STUDY_NAME, STUDY_NAME_RULE
 from autokd.pareto import OBJECTIVES, hypervolume, pareto_mask
 from autokd.quantize import AGREEMENT_THRESHOLD
 from autokd.record import StudyRecord, load_records
+from autokd.storage import JOURNAL
 from autokd.students import FAMILIES
 
 DEFINITIONS = """\
@@ -365,9 +367,28 @@ def _decision_rows(recommendations: list[Recommendation], teacher: dict) -> list
     return rows
 
 
-def _no_recommendation(done: pd.DataFrame, floor: float) -> str:
+def _why_nothing_completed(executions: list[dict]) -> str:
+    last = executions[-1] if executions else {}
+    limit = last.get("time_limit_minutes")
+    if last.get("stopped_by") != "time limit":
+        return "see the failed trials below"
+    prepare = last.get("prepare_seconds")
+    spent = (
+        f": preparing the data and teacher took {prepare / 60:.1f} min of it" if prepare is not None else ""
+    )
+    return (
+        f"the search reached its time limit{f' of {limit:g} min' if limit else ''} before the first trial "
+        f"ended{spent}. Raise budget.time_limit_minutes, or run the same command again: the teacher is "
+        "cached and the search resumes"
+    )
+
+
+def _no_recommendation(done: pd.DataFrame, floor: float, executions: list[dict] | None = None) -> str:
     if not len(done):
-        return "No trial completed, so there is nothing to ship yet (see the failed trials below)."
+        return (
+            "No trial completed, so there is nothing to ship yet: "
+            f"{_why_nothing_completed(executions or [])}."
+        )
     best = done.sort_values("retention", ascending=False).iloc[0]
     return (
         f"No completed trial reaches the retention floor {floor:g}; the best is trial {int(best['trial'])} "
@@ -452,7 +473,7 @@ def summary_markdown(results: StudyResults, done: pd.DataFrame, front: pd.DataFr
     if recs:
         lines.append(_markdown(pd.DataFrame(_decision_rows(recs, teacher))))
     else:
-        lines.append(_no_recommendation(done, floor))
+        lines.append(_no_recommendation(done, floor, results.executions))
     lines += [
         "",
         f"## Pareto front ({len(front)} trials)",
@@ -510,12 +531,28 @@ white-space:nowrap}th{background:#f4f4f4}td:last-child{white-space:normal;text-a
 details{margin:0.5em 0 1.5em}summary{cursor:pointer;color:#246}"""
 
 
+def _report_folder(run_dir: Path, reports_root: Path, name: object) -> Path:
+    """``reports_root/<name>``, refused unless the stored name is a valid study name (a journal is a
+    file anyone can edit: a name such as ``../x`` would otherwise write the report elsewhere)."""
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
+        raise ReportError(
+            f"{run_dir / JOURNAL}: stored study name {name!r} is not a valid study name ({STUDY_NAME_RULE}); "
+            "refusing to write a report for it"
+        )
+    out = reports_root / name
+    if not out.resolve().is_relative_to(reports_root.resolve()):
+        raise ReportError(
+            f"{out} resolves outside --reports-dir {reports_root}; refusing to write the report there"
+        )
+    return out
+
+
 def write_report(run_dir: Path, reports_root: Path) -> Path:
     """Write the report of the study in ``run_dir`` to ``reports_root/<study>/`` and return that folder."""
     from autokd import figures
 
     results = load_results(run_dir)
-    out = reports_root / results.name
+    out = _report_folder(Path(run_dir), Path(reports_root), results.name)
     out.mkdir(parents=True, exist_ok=True)
     trials = _with_size(results.trials)
     _write(out / "trials.csv", trials.to_csv(index=False))
@@ -538,7 +575,7 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
         decision["export"] = [f"<code>{html.escape(c)}</code>" if c else "" for c in decision["export"]]
         decision_html = decision.to_html(index=False, border=0, escape=False)
     else:
-        decision_html = f"<p>{html.escape(_no_recommendation(done, floor))}</p>"
+        decision_html = f"<p>{html.escape(_no_recommendation(done, floor, results.executions))}</p>"
 
     parts = []
     if len(done):

@@ -5,9 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from autokd.cli import main
 from autokd.figures import log_ticks
-from autokd.reporting import StudyResults, _flags, _no_recommendation, readable, recommend
+from autokd.reporting import (
+    ReportError,
+    StudyResults,
+    _flags,
+    _no_recommendation,
+    readable,
+    recommend,
+    write_report,
+)
 
 
 def _results() -> StudyResults:
@@ -73,3 +83,30 @@ def test_counts_print_as_integers_and_ratios_with_an_x():
 def test_log_axes_label_every_tick_in_full():
     ticks = log_ticks(pd.Series([60.0, 450.0]), "x")
     assert ticks["ticktext"] == ["50x", "100x", "200x", "500x"]
+
+
+def _files_under(root: Path) -> set[Path]:
+    return {path for path in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", ["../evil", "sub/../../evil", "{tmp}/absolute-evil", ".hidden", "a" * 65])
+def test_a_journal_study_name_that_is_no_study_name_writes_no_report(tmp_path, make_run, capsys, name):
+    name = name.format(tmp=tmp_path)
+    run_dir = make_run(tmp_path / "runs" / "crafted", name)
+    before = _files_under(tmp_path)
+    code = main(["report", str(run_dir), "--reports-dir", str(tmp_path / "reports" / "mine")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and str(run_dir / "optuna-journal.log") in err and repr(name) in err
+    assert _files_under(tmp_path) == before  # nothing written, inside --reports-dir or out of it
+
+
+def test_a_report_folder_that_resolves_outside_the_reports_dir_is_refused(tmp_path, make_run):
+    run_dir = make_run(tmp_path / "runs" / "fine")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (reports / "fine").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ReportError, match="resolves outside --reports-dir"):
+        write_report(run_dir, reports)
+    assert not any((tmp_path / "elsewhere").iterdir())
