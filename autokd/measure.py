@@ -47,6 +47,7 @@ class Latency:
     repeats: int
     cpu: str
     torch_version: str
+    exclusive: bool = True  # False: the cores could not be had alone in time (see LOCK_WAIT_S)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,8 +96,39 @@ def _turnstile(lock_path: Path) -> Path:
     return lock_path.with_name(lock_path.name + ".turnstile")
 
 
+# How long a measurement waits for the cores, or training for a measurement, before going on without:
+# a process stopped with Ctrl-Z keeps its lock, and must not stall every other study for ever.
+LOCK_WAIT_S = 120.0
+# After one such wait, how long this process goes on without waiting (an attempt at once only).
+STUCK_FOR_S = 600.0
+_stuck_until = 0.0
+
+
+def _acquire(handle: int, mode: int) -> bool:
+    global _stuck_until
+    try:
+        fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    if time.monotonic() < _stuck_until:
+        return False
+    deadline, delay = time.monotonic() + LOCK_WAIT_S, 0.005
+    while time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(2 * delay, 0.25)
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            continue
+    _stuck_until = time.monotonic() + STUCK_FOR_S
+    return False
+
+
 @contextlib.contextmanager
-def _flock(path: Path, mode: int) -> Iterator[None]:
+def _flock(path: Path, mode: int) -> Iterator[bool]:
+    """Hold ``path`` locked in ``mode`` for the block; yields False when it could not be had in time."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # O_NOFOLLOW: a symlink planted at the lock's path is an error, never followed.
@@ -104,22 +136,25 @@ def _flock(path: Path, mode: int) -> Iterator[None]:
     except OSError as exc:
         raise LatencyLockError(f"cannot open the latency lock {path} ({exc.strerror}): remove it") from None
     try:
-        fcntl.flock(handle, mode)
-        yield
+        yield _acquire(handle, mode)
     finally:
         os.close(handle)  # closing the descriptor releases its lock
 
 
 @contextlib.contextmanager
-def exclusive(lock_path: Path | None) -> Iterator[None]:
-    """Hold the cores alone (no-op without a path): no other measurement and no training meanwhile."""
+def exclusive(lock_path: Path | None) -> Iterator[bool]:
+    """Hold the cores alone (no-op without a path): no other measurement and no training meanwhile.
+
+    Yields whether it got them: after :data:`LOCK_WAIT_S` (a holder stopped with Ctrl-Z, say) the
+    block runs anyway, and its measurement is marked as not exclusive.
+    """
     if lock_path is None:
-        yield
+        yield True
         return
     with contextlib.ExitStack() as stack:
-        with _flock(_turnstile(lock_path), fcntl.LOCK_EX):  # new training waits behind us
-            stack.enter_context(_flock(lock_path, fcntl.LOCK_EX))
-        yield
+        with _flock(_turnstile(lock_path), fcntl.LOCK_EX) as queued:  # new training waits behind us
+            alone = queued and stack.enter_context(_flock(lock_path, fcntl.LOCK_EX))
+        yield bool(alone)
 
 
 class SharedCores:
@@ -138,6 +173,7 @@ class SharedCores:
             self._stack = contextlib.ExitStack()
             with _flock(_turnstile(self.lock_path), fcntl.LOCK_EX):  # wait behind queued measurements
                 pass
+            # Not had in time (a measuring process stopped with Ctrl-Z): train anyway.
             self._stack.enter_context(_flock(self.lock_path, fcntl.LOCK_SH))
         return self
 
@@ -174,7 +210,7 @@ def measure_latency(
         from torch.utils import benchmark
 
     deployed = model if isinstance(model, DeployedModel) else TorchFP32Model(model, "fp32")
-    with exclusive(lock_path):
+    with exclusive(lock_path) as alone:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -202,6 +238,7 @@ def measure_latency(
         repeats=len(times),
         cpu=cpu_model(),
         torch_version=torch.__version__,
+        exclusive=alone,
     )
 
 

@@ -151,6 +151,8 @@ def _flags(attrs: dict) -> list[str]:
         fraction = _noisy(attrs.get(key))
         if fraction is not None:
             flags.append(f"noisy {what} latency (IQR {fraction:.0%} of the median)")
+        if (attrs.get(key) or {}).get("exclusive") is False:
+            flags.append(f"{what} latency measured beside other work (a stopped process held the cores)")
     if attrs.get("int8_slower_than_fp32"):
         flags.append(f"INT8 slower than FP32 ({attrs.get('int8_speedup_vs_fp32', float('nan')):.2f}x)")
     agreement = attrs.get("int8_fp32_agreement")

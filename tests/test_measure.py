@@ -123,3 +123,58 @@ def test_a_symlink_at_the_lock_path_is_never_followed(tmp_path):
     with pytest.raises(LatencyLockError, match="cannot open the latency lock"), exclusive(lock):
         pass
     assert not target.exists()
+
+
+# -- a process stopped with Ctrl-Z holding the lock ------------------------------------------------
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from autokd.measure import SharedCores, exclusive
+lock = Path(sys.argv[1])
+with (exclusive(lock) if sys.argv[2] == "measuring" else SharedCores(lock)):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def stopped_holder(tmp_path, monkeypatch, request):
+    """A real process holding the lock (measuring or training), then stopped with SIGSTOP."""
+    import signal
+    import subprocess
+    import sys
+
+    import autokd.measure
+
+    monkeypatch.setattr(autokd.measure, "LOCK_WAIT_S", 0.5)
+    monkeypatch.setattr(autokd.measure, "_stuck_until", 0.0)
+    lock = tmp_path / "latency.lock"
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(lock), request.param], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "holding"
+    os.kill(process.pid, signal.SIGSTOP)
+    yield lock
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("stopped_holder", ["training"], indirect=True)
+def test_a_stopped_training_delays_a_measurement_only_so_long_and_it_is_marked(stopped_holder):
+    start = time.perf_counter()
+    latency = measure_latency(
+        nn.Linear(4, 2), torch.zeros(1, 4), min_run_time_s=0.01, lock_path=stopped_holder
+    )
+    assert time.perf_counter() - start < 5
+    assert latency.exclusive is False
+
+
+@pytest.mark.parametrize("stopped_holder", ["measuring"], indirect=True)
+def test_a_stopped_measurement_delays_training_only_once(stopped_holder):
+    start = time.perf_counter()
+    with SharedCores(stopped_holder) as cores:
+        first = time.perf_counter() - start
+        for _ in range(5):  # epochs stepping aside do not wait again
+            cores.step_aside()
+    assert first < 5 and time.perf_counter() - start < first + 1
