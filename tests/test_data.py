@@ -71,3 +71,11 @@ def test_digits_is_resized_and_split():
 def test_unknown_dataset_lists_choices():
     with pytest.raises(ValueError, match="available: digits, fashion_mnist"):
         load_splits("cifar99")
+
+
+def test_a_training_subsample_that_leaves_too_few_images_is_one_line():
+    from autokd.config import StudyFileError
+    from autokd.data import load_splits
+
+    with pytest.raises(StudyFileError, match=r"field 'data.train_subsample' = 3: leaves 2 training image"):
+        load_splits("digits", train_subsample=3, val_fraction=0.2)

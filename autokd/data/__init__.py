@@ -97,6 +97,14 @@ def load_splits(
         order = order[: min(train_subsample, len(order))]
     n_val = max(1, int(round(len(order) * val_fraction)))
     val_idx, train_idx = order[:n_val], order[n_val:]
+    if len(train_idx) < raw.num_classes:
+        from autokd.config import StudyFileError
+
+        raise StudyFileError(
+            f"field 'data.train_subsample' = {train_subsample}: leaves {len(train_idx)} training image(s) "
+            f"after the validation split (val_fraction {val_fraction:g}); {name} has {raw.num_classes} "
+            f"classes: use at least {int(np.ceil(raw.num_classes / (1 - val_fraction))) + 1}"
+        )
     train_images = raw.train_images[train_idx]
     # Statistics from the training split only, so nothing about val/test leaks into preprocessing.
     mean = float(train_images.mean())
