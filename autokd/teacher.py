@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +101,40 @@ def augmentation_of(study: Study) -> CropFlip | None:
     return CropFlip(padding=a.padding, hflip=a.hflip) if a.enabled else None
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable(model_name: str) -> str | None:
+    """Why timm's pretrained weights for ``model_name`` cannot be had here, found in a moment (the hub
+    client itself retries for most of a minute offline); None when they may be (cached, or online)."""
+    import huggingface_hub
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(model_name), "hf_hub_id", None)
+    if not hub_id:
+        return None  # weights from a plain URL: let timm say what happens
+    repo = hub_id.split("/", 2)
+    repo_id = "/".join(repo[:2])
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, filename), str):
+            return None
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None  # the proxy may reach it when this machine cannot resolve it
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        return f"they are not in the Hugging Face cache and {host} cannot be reached ({exc.strerror})"
+    return None
+
+
 def _build(study: Study, data: DataSplits) -> nn.Module:
     t = study.teacher
+    if t.pretrained and (why := _hub_unreachable(t.model)):
+        raise TeacherFileError(
+            f"field 'teacher.pretrained' = true: timm's pretrained weights of '{t.model}' cannot be had: {why}; "
+            "run once with internet access (they are cached), or set teacher.checkpoint to a local file, "
+            "or pretrained: false"
+        )
     try:
         return timm.create_model(
             t.model, pretrained=t.pretrained, num_classes=data.num_classes, in_chans=data.in_chans
