@@ -20,7 +20,7 @@ import timm
 from autokd.config import Study, StudyFileError
 from autokd.methods import METHODS, Hyperparameter
 from autokd.quantize import BACKENDS
-from autokd.students import FAMILIES
+from autokd.students import FAMILIES, UnknownTimmModelError, get_family, is_fixed_name
 from autokd.trial import TrialConfig
 
 NO_DISTILLATION = "none"
@@ -57,9 +57,15 @@ def check_study(study: Study) -> None:
     _check_teacher_model(study.teacher.model)
     space = study.search_space
     for i, family in enumerate(space.families):
-        if family not in FAMILIES:
+        if is_fixed_name(family):
+            try:
+                get_family(family)
+            except UnknownTimmModelError as exc:
+                raise StudyFileError(f"field 'search_space.families.{i}' = {family!r}: {exc}") from None
+        elif family not in FAMILIES:
             raise StudyFileError(
-                f"field 'search_space.families.{i}' = {family!r}: unknown family; allowed: {', '.join(FAMILIES.names())}"
+                f"field 'search_space.families.{i}' = {family!r}: unknown family; allowed: "
+                f"{', '.join(FAMILIES.names())}, or timm:NAME for any timm model as is"
             )
     for i, choice in enumerate(space.methods):
         for name in methods_of(choice):
@@ -127,8 +133,10 @@ def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
     """Draw one trial's settings from the study's search space (define-by-run)."""
     space = study.search_space
     family = trial.suggest_categorical("family", space.families)
-    width = trial.suggest_float("width", *space.width)
-    depth = trial.suggest_float("depth", *space.depth)
+    student = get_family(family)
+    # A fixed timm:NAME student has no width or depth: they are sampled for families only.
+    width = 1.0 if student.fixed else trial.suggest_float("width", *space.width)
+    depth = 1.0 if student.fixed else trial.suggest_float("depth", *space.depth)
     methods = methods_of(trial.suggest_categorical("method", space.methods))
     share = _suggest(trial, "distillation_share", *space.distillation_share) if methods else 0.0
     weights = {}
@@ -148,7 +156,7 @@ def sample_config(trial: optuna.Trial, study: Study) -> TrialConfig:
         family=family,
         width=width,
         depth=depth,
-        stem=FAMILIES.get(family).stem_for(study.data.image_size, space.stem),
+        stem=student.stem_for(study.data.image_size, space.stem),
         methods=methods,
         distillation_share=share,
         method_weights=weights,

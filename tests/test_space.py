@@ -140,3 +140,20 @@ def test_an_unknown_teacher_model_is_refused_with_close_timm_names(tiny_study):
 def test_a_teacher_model_with_a_pretrained_tag_passes_the_check(tiny_study):
     tiny_study["teacher"]["model"] = "resnet10t.c3_in1k"
     check_study(parse_study(tiny_study))  # no error: timm builds it (the tag only picks weights)
+
+
+def test_a_fixed_timm_student_costs_the_sampler_no_width_or_depth(tiny_study):
+    tiny_study["search_space"]["families"] = ["timm:mobilenetv3_small_050"]
+    trial = optuna.create_study(directions=["maximize"] * 3).ask()
+    config = sample_config(trial, parse_study(tiny_study))
+    assert config.family == "timm:mobilenetv3_small_050" and (config.width, config.depth) == (1.0, 1.0)
+    assert "width" not in trial.params and "depth" not in trial.params
+
+
+def test_an_unknown_timm_student_is_refused_naming_the_field(tiny_study):
+    tiny_study["search_space"]["families"] = ["resnet", "timm:resnet_typo18"]
+    with pytest.raises(
+        StudyFileError,
+        match=r"field 'search_space.families.1' = 'timm:resnet_typo18': 'resnet_typo18' is not a timm model",
+    ):
+        check_study(parse_study(tiny_study))

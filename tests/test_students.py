@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
+from timm.models import VisionTransformer
 
-from autokd.students import FAMILIES, build_student, count_parameters, stem_for
+from autokd.students import FAMILIES, build_student, count_parameters, get_family, stem_for
 from autokd.students.convnext import convnext_arguments
 from autokd.students.resnet import resnet_arguments
 
-FAMILY_NAMES = ["resnet", "mobilenetv3", "convnext"]
+FAMILY_NAMES = [
+    "resnet",
+    "mobilenetv3",
+    "convnext",
+    "efficientnet_lite",
+    "mobilenetv3_minimal",
+    "ghostnet",
+    "vit",
+]
 
 
 def blocks(model) -> int:
-    """Residual/inverted-residual blocks in a timm model, counted by the family's own structure."""
+    """Residual/inverted-residual/transformer blocks in a timm model, counted by the family's own structure."""
+    if isinstance(model, VisionTransformer):
+        return len(model.blocks)
     if hasattr(model, "layer1"):
         return sum(len(getattr(model, f"layer{i}")) for i in range(1, 5))
     if hasattr(model, "stages"):
@@ -21,7 +33,7 @@ def blocks(model) -> int:
     return sum(len(stage) for stage in model.blocks)
 
 
-def test_three_families_are_registered():
+def test_every_built_in_family_is_registered():
     assert set(FAMILY_NAMES) <= set(FAMILIES.names())
 
 
@@ -70,7 +82,7 @@ def test_resnet_with_the_small_image_stem_classifies_small_grey_images():
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("family", ["convnext", "mobilenetv3"])
+@pytest.mark.parametrize("family", ["convnext", "vit"])
 def test_a_family_without_a_small_image_stem_refuses_one(family):
     with pytest.raises(ValueError, match=f"stem: family '{family}' has no 'small' stem .*resnet"):
         build_student(family, 0.125, 0.5, num_classes=7, in_chans=1, stem="small")
@@ -120,3 +132,60 @@ def test_a_family_without_a_small_image_stem_keeps_its_own():
 def test_an_unknown_stem_is_refused_by_name():
     with pytest.raises(ValueError, match="stem: 'tiny' is not one of imagenet, small"):
         build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem="tiny")
+
+
+def test_vit_width_sets_heads_of_32_and_depth_sets_blocks():
+    model = build_student("vit", 0.5, 0.5, num_classes=10, in_chans=1)
+    assert model.embed_dim == 192 and model.blocks[0].attn.num_heads == 6 and len(model.blocks) == 6
+
+
+def test_vit_takes_images_of_other_sizes():
+    model = build_student("vit", 0.125, 0.5, num_classes=3, in_chans=3).eval()
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("family", ["mobilenetv3_minimal", "ghostnet", "efficientnet_lite"])
+def test_int8_friendly_families_have_no_squeeze_excite_or_hard_swish(family):
+    model = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1)
+    names = {type(m).__name__ for m in model.modules()}
+    assert not names & {"SqueezeExcite", "Hardswish", "HardSwish", "Hardsigmoid", "HardSigmoid"}
+
+
+def test_a_timm_name_is_that_model_as_is():
+    model = build_student("timm:mobilenetv3_small_050", 0.25, 0.5, num_classes=10, in_chans=1)
+    reference = timm.create_model("mobilenetv3_small_050", num_classes=10, in_chans=1)
+    assert count_parameters(model) == count_parameters(reference)
+    assert get_family("timm:mobilenetv3_small_050").fixed
+
+
+def test_an_unknown_timm_name_says_which_models_are_close():
+    with pytest.raises(
+        ValueError, match="'mobilenetv3_smal_050' is not a timm model; close matches: mobilenetv3_small_050"
+    ):
+        get_family("timm:mobilenetv3_smal_050")
+
+
+@pytest.mark.parametrize("family", ["mobilenetv3", "mobilenetv3_minimal", "efficientnet_lite", "ghostnet"])
+def test_the_mobile_families_small_stem_doubles_the_resolution_their_stages_see(family):
+    own = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1, stem="imagenet").eval()
+    small = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1, stem="small").eval()
+    x = torch.randn(1, 1, 32, 32)
+    assert small.forward_features(x).shape[-1] == 2 * own.forward_features(x).shape[-1]
+    assert [i["reduction"] for i in small.feature_info] == [
+        max(1, i["reduction"] // 2) for i in own.feature_info
+    ]
+
+
+@pytest.mark.slow
+def test_a_search_trains_and_quantizes_a_fixed_timm_student(tiny_study, shared_runs):
+    import autokd
+
+    tiny_study["name"] = "fixed-timm"
+    tiny_study["search_space"]["families"] = ["timm:mobilenetv3_small_050"]
+    tiny_study["budget"]["trials"] = 1
+    result = autokd.search(
+        tiny_study, runs_dir=shared_runs, reports_dir=None, log=lambda _: None, progress=False
+    )
+    (trial,) = [t for t in result.records.trials if t.completed]
+    assert trial.config["family"] == "timm:mobilenetv3_small_050" and trial.config["width"] == 1.0
+    assert trial.result.compression > 1 and 0 <= trial.result.int8_fp32_agreement <= 1

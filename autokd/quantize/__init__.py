@@ -79,9 +79,12 @@ class QuantizationBackend(ABC):
 
     def refusal(self, family: str) -> str | None:
         """Why ``family`` cannot be deployed with this backend, or None when it can."""
-        from autokd.students import FAMILIES
+        from autokd.students import get_family
 
-        if family in self.supported_families or self.name in FAMILIES.get(family).int8_backends:
+        student = get_family(family)
+        # A fixed timm:NAME student is the user's own choice: every trial measures its agreement and
+        # the report flags it when INT8 disagrees with FP32.
+        if student.fixed or family in self.supported_families or self.name in student.int8_backends:
             return None
         return self.refusals.get(family, "its INT8 agreement with FP32 was never measured on this backend")
 

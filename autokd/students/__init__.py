@@ -8,15 +8,22 @@ channels and ``depth=0.5`` halves every stage's block count.
 
 Input stems are family metadata: ``"imagenet"`` is the timm model's own, built for 224-pixel images;
 ``"small"`` is one sized for images of at most :data:`SMALL_IMAGE_MAX` pixels, which only families
-registered with ``stems=("imagenet", "small")`` have (ResNet). A study's ``search_space.stem``
+registered with ``stems=("imagenet", "small")`` have (ResNet; the mobile families through a
+stride-1 stem, :func:`stride_one_stem`). A study's ``search_space.stem``
 (``auto`` by default) picks one per family (:meth:`StudentFamily.stem_for`).
+
+``timm:NAME`` in a study's ``families`` is a fixed student: timm's model NAME built as is (no width
+or depth) and searched jointly with the distillation settings (:func:`get_family`).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import timm
 from timm.layers import make_divisible
 from torch import nn
 
@@ -40,6 +47,7 @@ class StudentFamily:
     builder: FamilyBuilder
     stems: tuple[str, ...] = ("imagenet",)
     int8_backends: tuple[str, ...] = ()
+    fixed: bool = False  # a named model trained as is: width and depth do not apply
 
     @property
     def has_small_stem(self) -> bool:
@@ -94,16 +102,48 @@ def register_family(
     return decorator
 
 
+TIMM_PREFIX = "timm:"
+
+
+class UnknownTimmModelError(ValueError):
+    """A ``timm:NAME`` student names no timm model."""
+
+
+def is_fixed_name(name: str) -> bool:
+    """Whether ``name`` is a fixed student by timm name (``timm:NAME``) rather than a family."""
+    return name.startswith(TIMM_PREFIX)
+
+
+@functools.cache
+def _timm_student(name: str) -> StudentFamily:
+    model = name[len(TIMM_PREFIX) :]
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=3)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise UnknownTimmModelError(f"'{model}' is not a timm model{hint}")
+
+    def builder(width: float, depth: float, *, num_classes: int, in_chans: int) -> nn.Module:
+        return timm.create_model(model, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+    return StudentFamily(name, builder, fixed=True)
+
+
+def get_family(name: str) -> StudentFamily:
+    """The registered family ``name``, or a fixed student for ``timm:NAME`` (any timm model, as is)."""
+    return _timm_student(name) if is_fixed_name(name) else FAMILIES.get(name)
+
+
 def stem_for(family: str, image_size: int, choice: str = "auto") -> str:
     """The stem ``family`` gets on images of ``image_size`` pixels for a study's ``stem`` choice."""
-    return FAMILIES.get(family).stem_for(image_size, choice)
+    return get_family(family).stem_for(image_size, choice)
 
 
 def build_student(
     family: str, width: float, depth: float, *, num_classes: int, in_chans: int, stem: str = "imagenet"
 ) -> nn.Module:
-    """Build a randomly initialised student of ``family`` scaled by ``width`` and ``depth``."""
-    return FAMILIES.get(family).build(width, depth, num_classes=num_classes, in_chans=in_chans, stem=stem)
+    """Build a randomly initialised student of ``family`` scaled by ``width`` and ``depth`` (a fixed
+    ``timm:NAME`` student ignores both)."""
+    return get_family(family).build(width, depth, num_classes=num_classes, in_chans=in_chans, stem=stem)
 
 
 def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
@@ -114,6 +154,19 @@ def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
 def scale_depth(blocks: int, depth: float) -> int:
     """Scale a block count, keeping at least one block per stage."""
     return max(1, int(round(blocks * depth)))
+
+
+def stride_one_stem(model: nn.Module, stem: str = "conv_stem") -> nn.Module:
+    """The small-image stem of the mobile families: their stem convolution at stride 1 instead of 2.
+
+    timm's EfficientNet, MobileNetV3 and GhostNet halve a 224-pixel image 5 times; a 32-pixel image
+    would reach their last stages at 1×1. With the stem at stride 1 every stage sees twice the
+    resolution (4× the compute), as ResNet's small stem does. ``feature_info`` reductions follow.
+    """
+    getattr(model, stem).stride = (1, 1)
+    for info in model.feature_info:
+        info["reduction"] = max(1, info["reduction"] // 2)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
