@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import hashlib
 import importlib.util
 import io
 import json
@@ -164,6 +165,12 @@ def _cut_torn_tail(path: Path) -> Path | None:
         journal.flush()
         os.fsync(journal.fileno())
     return kept
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (what stored teachers and caches are checked against)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_atomically(obj: object, path: Path) -> None:

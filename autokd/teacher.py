@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from autokd.augment import CropFlip
 from autokd.config import Study
 from autokd.data import DataSplits
 from autokd.quantize import fp32_weight_bytes
-from autokd.storage import write_atomically
+from autokd.storage import file_sha256, write_atomically
 from autokd.students import count_parameters
 from autokd.train import TrainSettings, evaluate, train
 
@@ -61,12 +60,6 @@ class Teacher:
     def identity(self) -> str:
         """The teacher's settings and its exact weights: what its cached outputs are bound to."""
         return f"{self.key}:{self.weights_sha256}"
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @contextlib.contextmanager
@@ -198,7 +191,8 @@ def prepare_teacher(
         if weights.exists() and metrics_path.exists():
             metrics = _read_metrics(metrics_path, remedy)
             digest = file_sha256(weights)
-            if metrics.get("weights_sha256", digest) != digest:
+            # metrics.json of teachers stored before checksums: the file as it is now
+            if metrics.setdefault("weights_sha256", digest) != digest:
                 raise TeacherFileError(
                     f"teacher weights {weights} do not match the checksum stored in {metrics_path.name} "
                     f"(changed or corrupted); {remedy}"
@@ -224,7 +218,7 @@ def prepare_teacher(
         parameters=metrics["parameters"],
         weight_bytes=metrics["weight_bytes"],
         model_name=study.teacher.model,
-        weights_sha256=metrics.get("weights_sha256") or file_sha256(weights),
+        weights_sha256=metrics["weights_sha256"],
     )
 
 

@@ -18,12 +18,13 @@ fails the check (a zeroed or truncated file) is computed again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from autokd.augment import CropFlip
 from autokd.features import forward_with_features
+from autokd.storage import file_sha256
 
 
 @dataclass
@@ -166,11 +168,6 @@ def _arrays(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.npy"))
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _valid_meta(directory: Path, log: Callable[[str], None]) -> dict | None:
     """The cache's metadata when every array matches its stored checksum; None when it must be built."""
     meta_path = directory / "meta.json"
@@ -180,7 +177,7 @@ def _valid_meta(directory: Path, log: Callable[[str], None]) -> dict | None:
         meta = json.loads(meta_path.read_text())
         sums = meta["sha256"]
         ok = sorted(sums) == [p.name for p in _arrays(directory)] and all(
-            _sha256(directory / name) == digest for name, digest in sums.items()
+            file_sha256(directory / name) == digest for name, digest in sums.items()
         )
     except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError):
         ok = False
@@ -210,6 +207,22 @@ def _check_space(directory: Path, needed: int) -> None:
         )
 
 
+@contextlib.contextmanager
+def _written_whole(directory: Path) -> Iterator[Path]:
+    """A ``.partial`` folder to fill, renamed to ``directory`` when the block succeeds and removed when
+    it fails (half a cache never takes the disk, nor is ever read)."""
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+
+
 @torch.no_grad()
 def _compute(
     model: nn.Module,
@@ -222,79 +235,60 @@ def _compute(
     batch_size: int,
     log: Callable[[str], None],
 ) -> None:
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        _fill(model, train_x, partial, view_params, augmentation, views, stages, batch_size, log)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # never leave half a cache taking the disk
-        raise
-    shutil.rmtree(directory, ignore_errors=True)
-    partial.rename(directory)
-
-
-def _fill(
-    model: nn.Module,
-    train_x: torch.Tensor,
-    partial: Path,
-    view_params: torch.Tensor | None,
-    augmentation: CropFlip | None,
-    views: int,
-    stages: Sequence[int],
-    batch_size: int,
-    log: Callable[[str], None],
-) -> None:
-    n = len(train_x)
-    model.eval()
-    log(f"teacher cache: computing outputs for {n} images × {views} view(s), stages {list(stages) or 'none'}")
-    logits = None
-    features: dict[int, np.ndarray] = {}
-    for v in range(views):
-        batches = tqdm(
-            range(0, n, batch_size),
-            desc=f"teacher cache, view {v + 1}/{views}",
-            unit="batch",
-            leave=False,
-            disable=None,  # a bar on a terminal only
+    with _written_whole(directory) as partial:
+        n = len(train_x)
+        model.eval()
+        log(
+            f"teacher cache: computing outputs for {n} images × {views} view(s), stages {list(stages) or 'none'}"
         )
-        for start in batches:
-            idx = torch.arange(start, min(n, start + batch_size))
-            x = train_x[idx]
-            if augmentation is not None and view_params is not None:
-                x = augmentation.apply(x, view_params[v, idx])
-            out, feats = forward_with_features(model, x, sorted(stages))
-            if logits is None:
-                shapes = {"logits.npy": (np.float32, (views, n, out.shape[1]))}
-                shapes.update(
-                    {
-                        f"stage{s}.npy": (np.float16, (views, n, *f.shape[1:]))
-                        for s, f in zip(sorted(stages), feats, strict=True)
-                    }
-                )
-                _check_space(
-                    partial, sum(np.dtype(d).itemsize * int(np.prod(shape)) for d, shape in shapes.values())
-                )
-                arrays = {}
-                for name, (dtype, shape) in shapes.items():
-                    arrays[name] = np.lib.format.open_memmap(
-                        partial / name, mode="w+", dtype=dtype, shape=shape
+        logits = None
+        features: dict[int, np.ndarray] = {}
+        for v in range(views):
+            batches = tqdm(
+                range(0, n, batch_size),
+                desc=f"teacher cache, view {v + 1}/{views}",
+                unit="batch",
+                leave=False,
+                disable=None,  # a bar on a terminal only
+            )
+            for start in batches:
+                idx = torch.arange(start, min(n, start + batch_size))
+                x = train_x[idx]
+                if augmentation is not None and view_params is not None:
+                    x = augmentation.apply(x, view_params[v, idx])
+                out, feats = forward_with_features(model, x, sorted(stages))
+                if logits is None:
+                    shapes = {"logits.npy": (np.float32, (views, n, out.shape[1]))}
+                    shapes.update(
+                        {
+                            f"stage{s}.npy": (np.float16, (views, n, *f.shape[1:]))
+                            for s, f in zip(sorted(stages), feats, strict=True)
+                        }
                     )
-                    _reserve(partial / name)
-                logits = arrays["logits.npy"]
-                features = {s: arrays[f"stage{s}.npy"] for s in sorted(stages)}
-            logits[v, start : start + len(idx)] = out.numpy()
-            for s, f in zip(sorted(stages), feats, strict=True):
-                features[s][v, start : start + len(idx)] = f.numpy().astype(np.float16)
-    for array in [logits, *features.values()]:
-        array.flush()
-    del logits, features
-    if view_params is not None:
-        np.save(partial / "views.npy", view_params.numpy())
-    sums = {}
-    for path in _arrays(partial):
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-        sums[path.name] = _sha256(path)
-    meta = {"views": views, "stages": sorted(stages), "images": n, "sha256": sums}
-    (partial / "meta.json").write_text(json.dumps(meta))
+                    _check_space(
+                        partial,
+                        sum(np.dtype(d).itemsize * int(np.prod(shape)) for d, shape in shapes.values()),
+                    )
+                    arrays = {}
+                    for name, (dtype, shape) in shapes.items():
+                        arrays[name] = np.lib.format.open_memmap(
+                            partial / name, mode="w+", dtype=dtype, shape=shape
+                        )
+                        _reserve(partial / name)
+                    logits = arrays["logits.npy"]
+                    features = {s: arrays[f"stage{s}.npy"] for s in sorted(stages)}
+                logits[v, start : start + len(idx)] = out.numpy()
+                for s, f in zip(sorted(stages), feats, strict=True):
+                    features[s][v, start : start + len(idx)] = f.numpy().astype(np.float16)
+        for array in [logits, *features.values()]:
+            array.flush()
+        del logits, features
+        if view_params is not None:
+            np.save(partial / "views.npy", view_params.numpy())
+        sums = {}
+        for path in _arrays(partial):
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            sums[path.name] = file_sha256(path)
+        meta = {"views": views, "stages": sorted(stages), "images": n, "sha256": sums}
+        (partial / "meta.json").write_text(json.dumps(meta))
