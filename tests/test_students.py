@@ -19,6 +19,7 @@ FAMILY_NAMES = [
     "mobilenetv3_minimal",
     "ghostnet",
     "vit",
+    "mobilenetv4",
 ]
 
 
@@ -144,11 +145,17 @@ def test_vit_takes_images_of_other_sizes():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
 
 
-@pytest.mark.parametrize("family", ["mobilenetv3_minimal", "ghostnet", "efficientnet_lite"])
+@pytest.mark.parametrize("family", ["mobilenetv3_minimal", "ghostnet", "efficientnet_lite", "mobilenetv4"])
 def test_int8_friendly_families_have_no_squeeze_excite_or_hard_swish(family):
     model = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1)
     names = {type(m).__name__ for m in model.modules()}
     assert not names & {"SqueezeExcite", "Hardswish", "HardSwish", "Hardsigmoid", "HardSigmoid"}
+
+
+def test_mobilenetv4_at_full_width_and_depth_is_timms_conv_small():
+    model = build_student("mobilenetv4", 1.0, 1.0, num_classes=10, in_chans=3)
+    reference = timm.create_model("mobilenetv4_conv_small", num_classes=10)
+    assert count_parameters(model) == count_parameters(reference)
 
 
 def test_a_timm_name_is_that_model_as_is():
@@ -165,7 +172,9 @@ def test_an_unknown_timm_name_says_which_models_are_close():
         get_family("timm:mobilenetv3_smal_050")
 
 
-@pytest.mark.parametrize("family", ["mobilenetv3", "mobilenetv3_minimal", "efficientnet_lite", "ghostnet"])
+@pytest.mark.parametrize(
+    "family", ["mobilenetv3", "mobilenetv3_minimal", "efficientnet_lite", "ghostnet", "mobilenetv4"]
+)
 def test_the_mobile_families_small_stem_doubles_the_resolution_their_stages_see(family):
     own = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1, stem="imagenet").eval()
     small = build_student(family, 0.25, 0.5, num_classes=10, in_chans=1, stem="small").eval()
