@@ -189,6 +189,17 @@ def load(path: str | Path, *, trust: bool = False) -> DeployedModel:
     return load_export(path, trust=trust)
 
 
+def predict(export: str | Path, images, *, trust: bool = False) -> pd.DataFrame:
+    """Class predictions of an exported student: ``images`` are image files or folders (a list), or
+    pixels in [0, 1] / 0-255 as a numpy array or tensor (N, C, H, W) or (N, H, W); the model card's
+    preprocessing (size, channels, per-channel mean and std) is applied. One row per image."""
+    import pandas as pd
+
+    from autokd.deploy import predict_images
+
+    return pd.DataFrame(predict_images(export, images, trust=trust))
+
+
 def list_methods() -> list[str]:
     """Names of the registered distillation methods (as ``search_space.methods`` takes them)."""
     from autokd.methods import METHODS

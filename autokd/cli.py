@@ -113,8 +113,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from autokd.deploy import evaluate_export
+    from autokd.deploy import evaluate_export, predict_images
 
+    if args.images:
+        for row in predict_images(args.export_dir, list(args.images), trust=args.trust_pt2):
+            print(f"{row['path']}\t{row['class']}\t{row['probability']:.3f}")
+        return 0
     accuracy, card = evaluate_export(args.export_dir, args.split, trust=args.trust_pt2)
     print(
         f"{card['study']} trial {card['trial']} ({card['format']} on {card['runtime']}): "
@@ -214,8 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, default=None, help="folder (default: RUN_DIR/exports/trial-N)")
     export.set_defaults(handler=_export)
 
-    predict = sub.add_parser("predict", help="run an exported student on its study's test split")
+    predict = sub.add_parser(
+        "predict", help="run an exported student on image files or folders, or on its study's test split"
+    )
     predict.add_argument("export_dir", help="an export folder (holding model_card.json)")
+    predict.add_argument(
+        "images",
+        nargs="*",
+        help="image files or folders: prints each image's class and probability (default: the study's split)",
+    )
     predict.add_argument("--split", choices=["test", "val"], default="test")
     predict.add_argument(
         "--trust-pt2",

@@ -48,15 +48,89 @@ def _check_range(value: Range, *, positive: bool = True) -> Range:
     return value
 
 
+IMAGE_FOLDER = "image_folder"
+FACTORY = "factory"
+TORCHVISION_PREFIX = "torchvision:"
+
+
 class DataSection(_Section):
-    """Which dataset, how much of it, and how it is split and resized."""
+    """Which dataset, how much of it, how it is split, resized and normalised.
+
+    ``dataset`` is a built-in (``fashion_mnist``, ``digits``), one an extension registered,
+    ``image_folder`` (``train_dir`` and optional ``val_dir``/``test_dir`` in torchvision's ImageFolder
+    layout), ``torchvision:NAME`` (a torchvision dataset class such as ``torchvision:CIFAR10`` under
+    ``data_dir``), or ``factory`` (``factory: module:function`` or ``path/to/file.py:function``
+    returning torch Datasets). Relative paths in a study file are relative to the study file.
+    Without a test split, a stratified ``test_fraction`` of the training data is held out.
+    ``mean``/``std`` (one value per channel, the teacher's own preprocessing) replace the statistics
+    otherwise computed from the training split; ``channels`` converts images to grey (1) or RGB (3).
+    """
 
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     download: StrictBool = False
+    train_dir: str | None = None
+    val_dir: str | None = None
+    test_dir: str | None = None
+    factory: str | None = None
     train_subsample: Annotated[int, Strict(), Field(gt=0)] | None = None
     val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
-    image_size: Annotated[int, Strict(), Field(ge=32, le=512)] = 32
+    test_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
+    image_size: Annotated[int, Strict(), Field(ge=8, le=512)] = 32
+    channels: Literal[1, 3] | None = None
+    mean: Annotated[list[float], Field(min_length=1, max_length=4)] | None = None
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=4)] | None = None
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> DataSection:
+        folder_fields = [f for f in ("train_dir", "val_dir", "test_dir") if getattr(self, f) is not None]
+        if self.dataset == IMAGE_FOLDER and self.train_dir is None:
+            raise ValueError(
+                "field 'data.train_dir' is required with dataset image_folder: the folder of class "
+                "sub-folders (train_dir/<class>/<image>) to train on"
+            )
+        if self.dataset != IMAGE_FOLDER and folder_fields:
+            raise ValueError(
+                f"field 'data.{folder_fields[0]}' belongs to dataset image_folder, not {self.dataset!r}"
+            )
+        if self.dataset == FACTORY and not self.factory:
+            raise ValueError(
+                "field 'data.factory' is required with dataset factory: 'module:function' or "
+                "'path/to/file.py:function' returning the train (and test) Datasets"
+            )
+        if self.factory is not None and self.dataset != FACTORY:
+            raise ValueError(f"field 'data.factory' belongs to dataset factory, not {self.dataset!r}")
+        if self.factory is not None and not re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", self.factory):
+            raise ValueError(
+                f"field 'data.factory' = {self.factory!r}: write 'module:function' or 'path/to/file.py:function'"
+            )
+        if self.dataset.startswith(TORCHVISION_PREFIX) and self.data_dir is None:
+            raise ValueError(
+                f"field 'data.data_dir' is required with dataset {self.dataset!r}: the root folder torchvision "
+                "reads it from (or downloads it to, with download: true)"
+            )
+        if (self.mean is None) != (self.std is None):
+            given = "mean" if self.mean is not None else "std"
+            other = "std" if given == "mean" else "mean"
+            raise ValueError(f"field 'data.{given}' needs 'data.{other}' too (one value per channel each)")
+        if self.mean is not None and len(self.mean) != len(self.std):
+            raise ValueError(
+                f"field 'data.std' has {len(self.std)} value(s) and 'data.mean' {len(self.mean)}: give one per channel"
+            )
+        return self
+
+    def resolved(self, base: Path) -> DataSection:
+        """This section with its relative paths made absolute against ``base`` (the study file's folder)."""
+        update = {}
+        for field in ("data_dir", "train_dir", "val_dir", "test_dir"):
+            value = getattr(self, field)
+            if value is not None and not Path(value).expanduser().is_absolute():
+                update[field] = str(base / value)
+        if self.factory:
+            target, function = self.factory.rsplit(":", 1)
+            if target.endswith(".py") and not Path(target).expanduser().is_absolute():
+                update["factory"] = f"{base / target}:{function}"
+        return self.model_copy(update=update)
 
 
 class AugmentationSection(_Section):
@@ -69,15 +143,47 @@ class AugmentationSection(_Section):
 
 
 class TeacherSection(_Section):
-    """The teacher: a timm model trained here with a budget, or loaded from a checkpoint file."""
+    """The teacher: a timm model (or any ``nn.Module`` a ``factory`` returns) trained here with a budget,
+    or loaded from a ``checkpoint`` file (a state dict, wrapped or not, or safetensors).
+
+    ``factory``: ``module:function`` or ``path/to/file.py:function`` returning the model; it is called
+    with ``num_classes`` and ``in_chans`` where it takes them. ``feature_nodes``: for such a teacher, the
+    node names (torchvision's ``get_graph_node_names``) whose outputs feature-based methods read, from
+    the first stage to the last; response methods need none.
+    """
 
     model: str = "resnet18"
+    factory: str | None = None
+    feature_nodes: Annotated[list[str], Field(min_length=1)] | None = None
     checkpoint: str | None = None
     pretrained: StrictBool = False
     epochs: Annotated[int, Strict(), Field(ge=1, le=1000)] = 5
     batch_size: Annotated[int, Strict(), Field(ge=1, le=65536)] = 128
     lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+
+    @model_validator(mode="after")
+    def _factory_fields(self) -> TeacherSection:
+        if self.factory is not None and not re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", self.factory):
+            raise ValueError(
+                f"field 'teacher.factory' = {self.factory!r}: write 'module:function' or 'path/to/file.py:function'"
+            )
+        if self.factory is not None and self.pretrained:
+            raise ValueError(
+                "field 'teacher.pretrained' = true: applies to timm models; a factory's model loads its own "
+                "weights, or give teacher.checkpoint"
+            )
+        if self.feature_nodes is not None and self.factory is None:
+            raise ValueError(
+                "field 'teacher.feature_nodes' belongs to a teacher.factory model; timm teachers give their "
+                "stages themselves"
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        """What the teacher is called in logs and reports: the timm name, or the factory."""
+        return self.factory or self.model
 
 
 class SearchSpaceSection(_Section):
@@ -300,6 +406,19 @@ class Study(_Section):
             raise ValueError(f"use {STUDY_NAME_RULE}")
         return value
 
+    def with_paths_resolved(self, base: Path) -> Study:
+        """The study with the data's and the teacher checkpoint's relative paths made absolute against
+        ``base``, as :func:`load_study_file` does with the study file's folder (so a search, an export
+        or a report finds the same files from any working directory)."""
+        teacher = self.teacher
+        if teacher.checkpoint and not Path(teacher.checkpoint).expanduser().is_absolute():
+            teacher = teacher.model_copy(update={"checkpoint": str(base / teacher.checkpoint)})
+        if teacher.factory:
+            target, function = teacher.factory.rsplit(":", 1)
+            if target.endswith(".py") and not Path(target).expanduser().is_absolute():
+                teacher = teacher.model_copy(update={"factory": f"{base / target}:{function}"})
+        return self.model_copy(update={"data": self.data.resolved(base), "teacher": teacher})
+
     def extension_paths(self, study_path: Path | None) -> list[Path]:
         """The ``extensions:`` entries as paths, relative ones resolved against the study file's folder."""
         base = study_path.parent if study_path else Path.cwd()
@@ -308,15 +427,39 @@ class Study(_Section):
     def teacher_key(self) -> str:
         """Content hash of everything that determines the teacher: its section and the data it sees."""
         payload = {
-            "teacher": self.teacher.model_dump(),
+            "teacher": _teacher_identity(self.teacher),
             "augmentation": self.augmentation.model_dump() if self.augmentation.enabled else None,
-            "data": self.data.model_dump(exclude={"data_dir", "download"}),
+            "data": _data_identity(self.data),
             "seed": self.seed,
             "format": 1,
         }
         if self.teacher.checkpoint:
             payload["checkpoint_sha256"] = _file_sha256(Path(self.teacher.checkpoint))
+        factory_file = (self.teacher.factory or "").rpartition(":")[0]
+        if factory_file.endswith(".py") and Path(factory_file).is_file():
+            payload["factory_sha256"] = _file_sha256(Path(factory_file))  # the model's code is the model
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Data fields added after 0.2: left out of the teacher's key while at their defaults, so teachers
+# trained before they existed keep their keys.
+_LATER_DATA_FIELDS = ("train_dir", "val_dir", "test_dir", "factory", "test_fraction", "channels", "mean", "std")
+
+
+def _teacher_identity(teacher: TeacherSection) -> dict:
+    identity = teacher.model_dump()
+    for field in ("factory", "feature_nodes"):  # added after 0.2: absent from older teachers' keys
+        if identity[field] is None:
+            del identity[field]
+    return identity
+
+
+def _data_identity(data: DataSection) -> dict:
+    identity = data.model_dump(exclude={"data_dir", "download"})
+    for field in _LATER_DATA_FIELDS:
+        if identity[field] == DataSection.model_fields[field].default:
+            del identity[field]
+    return identity
 
 
 def _file_sha256(path: Path) -> str:
@@ -429,7 +572,8 @@ def load_study_file(path: str | Path) -> Study:
         raise StudyFileError(f"{path}: not valid YAML{where}: {str(problem)[:200]}") from None
     except RecursionError:
         raise StudyFileError(f"{path}: nested too deeply to be a study file") from None
-    return parse_study(document, str(path))
+    study = parse_study(document, str(path))
+    return study.with_paths_resolved(path.resolve().parent)
 
 
 def study_schema() -> dict:

@@ -162,10 +162,12 @@ def export_trial(
         "input": {
             "shape": ["batch", data.in_chans, data.image_size, data.image_size],
             "dtype": "float32",
-            "preprocessing": "autokd.data.load_splits with the data settings below (pixels scaled to [0, 1], "
-            "normalised by the training split's mean and std, resized bilinearly)",
+            "preprocessing": "pixels scaled to [0, 1], resized to the input's height and width, then "
+            "(x - mean) / std per channel",
+            "mean": list(data.mean),
+            "std": list(data.std),
         },
-        "output": {"logits": data.num_classes},
+        "output": {"logits": data.num_classes, "classes": list(data.classes)},
         "study": records.name,
         "trial": number,
         "student": {
@@ -276,3 +278,89 @@ def evaluate_export(directory: str | Path, split: str = "test", *, trust: bool =
     data = load_study_data(study)
     images, labels = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
     return top1(model, images, labels), card
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def image_files(paths) -> list[Path]:
+    """Image files among ``paths``: files as given, folders searched recursively (sorted)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not inside:
+                raise ExportError(f"{path}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ExportError(f"{path}: no such file or folder")
+    return found
+
+
+def preprocess(images, card: dict) -> torch.Tensor:
+    """What the exported student takes, from ``images`` as a user has them, by the card's ``input``.
+
+    ``images`` are image file paths, or an array/tensor of pixels in [0, 1] (floats) or 0-255 (uint8)
+    shaped (N, C, H, W) or (N, H, W); each is converted to the input's channels and size and
+    normalised by the card's per-channel mean and std.
+    """
+    import numpy as np
+    from torchvision.transforms import v2
+
+    from autokd.data.sources import image_transform
+
+    spec = card["input"]
+    _, channels, height, _ = spec["shape"]
+    if "mean" not in spec:
+        raise ExportError(
+            "the model card states no mean and std (exported by an older autokd): export the trial again"
+        )
+    normalise = v2.Normalize(spec["mean"], spec["std"])
+    if isinstance(images, np.ndarray | torch.Tensor):
+        x = torch.as_tensor(images)
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4:
+            raise ExportError(f"images of shape {tuple(x.shape)}: give (N, C, H, W) or (N, H, W) pixels")
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] != channels:
+            x = x.mean(dim=1, keepdim=True) if channels == 1 else x.expand(-1, channels, -1, -1)
+        x = v2.Resize((height, height), antialias=True)(x)
+        return normalise(x).contiguous()
+    from PIL import Image, UnidentifiedImageError
+
+    transform = image_transform(height, channels)
+    batch = []
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                batch.append(transform(image.convert("RGB") if image.mode not in ("L", "RGB") else image))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ExportError(f"{path}: not an image autokd can read ({type(exc).__name__})") from None
+    return normalise(torch.stack(batch)).contiguous()
+
+
+def predict_images(directory: str | Path, images, *, trust: bool = False) -> list[dict]:
+    """Class predictions of an exported student for ``images`` (paths, folders, or pixel arrays):
+    one dict per image with ``index``, ``class`` (its name where the card has class names) and
+    ``probability``, plus ``path`` for files."""
+    directory = Path(directory)
+    card_path = directory / MODEL_CARD
+    if not card_path.exists():
+        raise ExportError(f"{directory} is not an export folder ({MODEL_CARD} not found)")
+    card = _read_card(card_path)
+    model = load(directory, trust=trust)
+    paths = image_files(images) if isinstance(images, list | tuple) and not hasattr(images, "shape") else None
+    x = preprocess(paths if paths is not None else images, card)
+    probabilities = torch.softmax(torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)]), dim=1)
+    classes = card["output"].get("classes") or []
+    rows = []
+    for i, (p, index) in enumerate(zip(*probabilities.max(dim=1))):
+        row = {"index": int(index), "class": classes[int(index)] if classes else str(int(index)), "probability": float(p)}
+        if paths is not None:
+            row = {"path": str(paths[i]), **row}
+        rows.append(row)
+    return rows

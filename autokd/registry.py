@@ -177,8 +177,12 @@ def load_entry_points() -> None:
                 ep.load()
 
 
+def _module_name(path: Path) -> str:
+    return f"{USER_MODULE_PREFIX}.{path.parent.name}.{path.stem}".replace("-", "_")
+
+
 def _import_file(path: Path) -> None:
-    module_name = f"{USER_MODULE_PREFIX}.{path.parent.name}.{path.stem}".replace("-", "_")
+    module_name = _module_name(path)
     if module_name in sys.modules:
         return
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -188,6 +192,31 @@ def _import_file(path: Path) -> None:
     sys.modules[module_name] = module
     with _loading(f"extension file {path}", module_name):
         spec.loader.exec_module(module)
+
+
+def load_callable(spec: str, field: str, error: type[Exception] = ExtensionLoadError):
+    """The function ``spec`` names: ``module:function`` (an importable module) or
+    ``path/to/file.py:function`` (a file, imported once like an extension file). It is code: importing
+    it runs whatever it contains. Problems raise ``error`` with one line naming ``field``."""
+    target, _, function = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise error(f"field '{field}' = {spec!r}: no such file {target}")
+        try:
+            _import_file(path.resolve())
+        except ExtensionLoadError as exc:
+            raise error(f"field '{field}' = {spec!r}: {exc}") from None
+        module = sys.modules[_module_name(path.resolve())]
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise error(f"field '{field}' = {spec!r}: cannot import {target} ({exc})") from None
+    found = getattr(module, function, None)
+    if not callable(found):
+        raise error(f"field '{field}' = {spec!r}: {target} has no function {function!r}")
+    return found
 
 
 def load_extension_files(paths: Iterable[str | Path]) -> None:

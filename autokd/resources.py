@@ -17,12 +17,19 @@ import optuna
 import torch
 
 from autokd.config import Study
-from autokd.data import DataSplits, load_splits
+from autokd.data import DataSplits, load_data
 from autokd.features import feature_stage_indices
 from autokd.methods import METHODS
 from autokd.registry import load_extension_files
 from autokd.space import check_study, methods_of
-from autokd.teacher import TEACHERS_DIR, Teacher, augmentation_of, prepare_teacher, teacher_lock
+from autokd.teacher import (
+    TEACHERS_DIR,
+    Teacher,
+    augmentation_of,
+    check_checkpoint,
+    prepare_teacher,
+    teacher_lock,
+)
 from autokd.teacher_cache import TeacherOutputs, build_teacher_outputs
 from autokd.trial import TeacherReference
 
@@ -121,16 +128,7 @@ def load_extensions(study: Study, study_path: Path | None) -> list[Path]:
 
 def load_study_data(study: Study) -> DataSplits:
     """The study's train/val/test tensors."""
-    d = study.data
-    return load_splits(
-        d.dataset,
-        data_dir=d.data_dir,
-        download=d.download,
-        train_subsample=d.train_subsample,
-        val_fraction=d.val_fraction,
-        image_size=d.image_size,
-        seed=study.seed,
-    )
+    return load_data(study.data, seed=study.seed)
 
 
 def teacher_stages_needed(study: Study, teacher_model: torch.nn.Module) -> list[int]:
@@ -160,8 +158,12 @@ def prepare_resources(
     paths = load_extensions(study, study_path)
     data = load_study_data(study)
     log(
-        f"data {study.data.dataset}: {len(data.train_x)} train / {len(data.val_x)} val / {len(data.test_x)} test images"
+        f"data {study.data.dataset}: {len(data.train_x)} train / {len(data.val_x)} val / {len(data.test_x)} test "
+        f"images, {data.num_classes} classes, {data.in_chans}x{data.image_size}x{data.image_size}"
     )
+    for note in data.notes:
+        log(f"data: {note}")
+    check_checkpoint(study, data)  # before the teacher's folder (named after the file's hash) exists
     directory = runs_root / TEACHERS_DIR / study.teacher_key()
     with (
         torch_threads(threads or study.training.threads or torch.get_num_threads()),

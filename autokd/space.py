@@ -13,6 +13,7 @@ Sampling is define-by-run on an ``optuna.Trial``, the same for every driver:
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import optuna
 import timm
@@ -43,6 +44,29 @@ def method_ranges(study: Study, name: str) -> dict[str, Hyperparameter]:
     return ranges
 
 
+SMALL_IMAGE_CHECK = 32  # every family handles 32-pixel images; below that, each is tried once
+
+
+def _check_small_images(study: Study) -> None:
+    """Refuse an image size a family's smallest student cannot take (its strides leave nothing)."""
+    import torch
+
+    size, space = study.data.image_size, study.search_space
+    channels = study.data.channels or 1
+    for i, family in enumerate(space.families):
+        spec = get_family(family)
+        stem = spec.stem_for(size, space.stem)
+        model = spec.build(space.width[0], space.depth[0], num_classes=2, in_chans=channels, stem=stem).eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, channels, size, size))
+        except RuntimeError:
+            raise StudyFileError(
+                f"field 'search_space.families.{i}' = {family!r}: its students cannot take "
+                f"{size}-pixel images (data.image_size); use data.image_size: 32 or more for this family"
+            ) from None
+
+
 def check_study(study: Study) -> None:
     """Check every family, method, method parameter and the backend against the registries.
 
@@ -50,11 +74,23 @@ def check_study(study: Study) -> None:
     """
     from autokd.data import DATASETS
 
-    if study.data.dataset not in DATASETS:
+    from autokd.config import FACTORY, IMAGE_FOLDER, TORCHVISION_PREFIX
+
+    dataset = study.data.dataset
+    if dataset not in DATASETS and dataset not in (IMAGE_FOLDER, FACTORY) and not dataset.startswith(TORCHVISION_PREFIX):
         raise StudyFileError(
-            f"field 'data.dataset' = {study.data.dataset!r}: unknown dataset; allowed: {', '.join(DATASETS.names())}"
+            f"field 'data.dataset' = {dataset!r}: unknown dataset; allowed: {', '.join(DATASETS.names())}, "
+            f"{IMAGE_FOLDER} (with data.train_dir), {TORCHVISION_PREFIX}NAME (e.g. torchvision:CIFAR10) or "
+            f"{FACTORY} (with data.factory)"
         )
-    _check_teacher_model(study.teacher.model)
+    if study.teacher.factory is None:
+        _check_teacher_model(study.teacher.model)
+    checkpoint = study.teacher.checkpoint
+    if checkpoint and not Path(checkpoint).expanduser().is_file():
+        raise StudyFileError(
+            f"field 'teacher.checkpoint' = {checkpoint!r}: no such file (a relative path is relative to the "
+            "study file's folder)"
+        )
     space = study.search_space
     for i, family in enumerate(space.families):
         if is_fixed_name(family):
@@ -67,6 +103,8 @@ def check_study(study: Study) -> None:
                 f"field 'search_space.families.{i}' = {family!r}: unknown family; allowed: "
                 f"{', '.join(FAMILIES.names())}, or timm:NAME for any timm model as is"
             )
+    if study.data.image_size < SMALL_IMAGE_CHECK:
+        _check_small_images(study)
     for i, choice in enumerate(space.methods):
         for name in methods_of(choice):
             if name not in METHODS:
@@ -76,6 +114,14 @@ def check_study(study: Study) -> None:
                     "(combine with '+')"
                 )
     named = {name for choice in space.methods for name in methods_of(choice)}
+    if study.teacher.factory and not study.teacher.feature_nodes:
+        reading = sorted(n for n in named if METHODS.get(n).needs_features and METHODS.get(n).needs_teacher_features)
+        if reading:
+            raise StudyFileError(
+                f"field 'search_space.methods': {', '.join(reading)} read(s) the teacher's features, and a "
+                "teacher.factory model has none until teacher.feature_nodes names them (node names from "
+                "torchvision.models.feature_extraction.get_graph_node_names); response methods need none"
+            )
     for name, params in space.method_params.items():
         if name not in named:
             raise StudyFileError(

@@ -120,8 +120,52 @@ def _hub_unreachable(model_name: str) -> str | None:
     return None
 
 
+def _from_factory(t, data: DataSplits) -> nn.Module:
+    import inspect
+
+    from autokd.registry import load_callable
+
+    factory = load_callable(t.factory, "teacher.factory", TeacherFileError)
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    kwargs = {
+        k: v
+        for k, v in (("num_classes", data.num_classes), ("in_chans", data.in_chans))
+        if takes_all or k in accepted
+    }
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TeacherFileError(
+            f"field 'teacher.factory' = {t.factory!r}: returned {type(model).__name__}, not a torch nn.Module"
+        )
+    return model
+
+
+def with_features(study: Study, model: nn.Module, data: DataSplits) -> nn.Module:
+    """A factory teacher with ``teacher.feature_nodes`` given timm's feature interface (NodeFeatures)."""
+    nodes = study.teacher.feature_nodes
+    if not nodes:
+        return model
+    from autokd.features import NodeFeatures
+
+    try:
+        return NodeFeatures(model, nodes, data.train_x[:2])
+    except ValueError as exc:
+        raise TeacherFileError(f"field 'teacher.feature_nodes': {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - torch.fx cannot trace every model
+        raise TeacherFileError(
+            f"field 'teacher.feature_nodes': torchvision's feature extractor cannot trace the model "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from None
+
+
 def _build(study: Study, data: DataSplits) -> nn.Module:
     t = study.teacher
+    if t.factory:
+        return _from_factory(t, data)
     if t.pretrained and (why := _hub_unreachable(t.model)):
         raise TeacherFileError(
             f"field 'teacher.pretrained' = true: timm's pretrained weights of '{t.model}' cannot be had: {why}; "
@@ -143,9 +187,78 @@ def _build(study: Study, data: DataSplits) -> nn.Module:
         ) from None
 
 
-def _load_weights(model: nn.Module, path: Path, what: str, remedy: str) -> None:
+# Where training frameworks put the weights inside a checkpoint: {"state_dict": ...} (Lightning and
+# most scripts), {"model": ...} (timm's and torchvision's training scripts), {"model_state_dict": ...}.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
+# Prefixes that wrappers add to every key: DDP/DataParallel, torch.compile, a Lightning module's attribute.
+KEY_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file: a state dict saved with ``torch.save`` (loaded with
+    ``weights_only=True``), or a ``.safetensors`` file; a wrapper dict (:data:`WRAPPER_KEYS`) is
+    unwrapped. Raises FileNotFoundError, or ValueError for anything that is not weights."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    # A wrapper holds no tensors itself: {"state_dict": {...}, "epoch": 3, "optimizer_states": [...]}.
+    while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"holds a {type(state).__name__}, not a state dict of tensors")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the prefixes wrappers add (:data:`KEY_PREFIXES`) removed where the model's keys
+    have none, so that its keys are the model's; raise ValueError naming the mismatch otherwise."""
+    expected = model.state_dict()
+    for prefix in KEY_PREFIXES:
+        if set(state) != set(expected) and all(k.startswith(prefix) for k in state):
+            state = dict(state)
+            torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+
+        def first(keys: list[str]) -> str:
+            if not keys:
+                return "none"
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+        raise ValueError(f"its keys are not the model's (missing: {first(missing)}; unexpected: {first(unexpected)})")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise ValueError(
+                f"{key} has shape {tuple(state[key].shape)} in the file and {tuple(tensor.shape)} in the model"
+            )
+    return state
+
+
+def classifier_mismatch(model: nn.Module, state: dict[str, torch.Tensor], num_classes: int) -> str | None:
+    """The class-count mismatch between a checkpoint and the data, said plainly, if that is the problem."""
+    get_classifier = getattr(model, "get_classifier", None)
+    classifier = get_classifier() if callable(get_classifier) else None
+    if not isinstance(classifier, nn.Linear):
+        return None
+    names = {id(p): n for n, p in model.named_parameters()}
+    key = names.get(id(classifier.weight))
+    weight = state.get(key) if key else None
+    if weight is None:
+        weight = next((state[k] for k in state if k.endswith(key)), None) if key else None
+    if weight is not None and weight.ndim == 2 and weight.shape[0] != num_classes:
+        return f"its classifier has {weight.shape[0]} classes and the data have {num_classes}"
+    return None
+
+
+def _load_weights(model: nn.Module, path: Path, what: str, remedy: str, num_classes: int | None = None) -> None:
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        state = read_state_dict(path)
     except FileNotFoundError:
         raise TeacherFileError(f"{what} {path} does not exist; {remedy}") from None
     except Exception as exc:  # noqa: BLE001 - truncated, garbage or a pickle that is not plain weights
@@ -153,12 +266,27 @@ def _load_weights(model: nn.Module, path: Path, what: str, remedy: str) -> None:
             f"{what} {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); {remedy}"
         ) from None
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(fit_state_dict(model, state))
     except Exception as exc:  # noqa: BLE001 - a state dict of another architecture
-        raise TeacherFileError(
-            f"{what} {path} does not fit the teacher model ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160]}); {remedy}"
-        ) from None
+        why = (num_classes is not None and classifier_mismatch(model, state, num_classes)) or str(exc).splitlines()[0][:200]
+        raise TeacherFileError(f"{what} {path} does not fit the teacher model: {why}; {remedy}") from None
+
+
+def _checkpoint_remedy(t) -> str:
+    if t.factory:
+        return f"point teacher.checkpoint at a state dict of the model {t.factory} returns, for this data"
+    return f"point teacher.checkpoint at a state dict of timm's '{t.model}' for this data"
+
+
+def check_checkpoint(study: Study, data: DataSplits) -> None:
+    """Refuse a teacher checkpoint that is missing or does not fit the teacher model and the data, in
+    one line, before anything is written (the teacher's folder included)."""
+    t = study.teacher
+    if not t.checkpoint:
+        return
+    with torch.random.fork_rng(devices=[]):
+        model = _build(study, data)
+    _load_weights(model, Path(t.checkpoint), "teacher.checkpoint", _checkpoint_remedy(t), data.num_classes)
 
 
 def _read_metrics(path: Path, remedy: str) -> dict:
@@ -199,7 +327,7 @@ def prepare_teacher(
                 )
             _load_weights(model, weights, "teacher weights", remedy)
             log(
-                f"teacher {study.teacher.model} {key}: reused from {directory} (test top-1 {metrics['test_accuracy']:.4f})"
+                f"teacher {study.teacher.name} {key}: reused from {directory} (test top-1 {metrics['test_accuracy']:.4f})"
             )
         else:
             directory.mkdir(parents=True, exist_ok=True)
@@ -208,7 +336,7 @@ def prepare_teacher(
             metrics["weights_sha256"] = file_sha256(weights)
             write_atomically(json.dumps(metrics, indent=2), metrics_path)
             log(f"teacher ready: test top-1 {metrics['test_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
-    model.eval()
+    model = with_features(study, model, data).eval()
     return Teacher(
         key=key,
         directory=directory,
@@ -217,7 +345,7 @@ def prepare_teacher(
         val_accuracy=metrics["val_accuracy"],
         parameters=metrics["parameters"],
         weight_bytes=metrics["weight_bytes"],
-        model_name=study.teacher.model,
+        model_name=study.teacher.name,
         weights_sha256=metrics["weights_sha256"],
     )
 
@@ -228,18 +356,13 @@ def _train_or_load(
     start = time.perf_counter()
     t = study.teacher
     if t.checkpoint:
-        _load_weights(
-            model,
-            Path(t.checkpoint),
-            "teacher.checkpoint",
-            f"point teacher.checkpoint at a state dict of timm's '{t.model}'",
-        )
-        log(f"teacher {t.model}: loaded {t.checkpoint}")
+        _load_weights(model, Path(t.checkpoint), "teacher.checkpoint", _checkpoint_remedy(t), data.num_classes)
+        log(f"teacher {t.name}: loaded {t.checkpoint}")
     else:
         log(
-            f"teacher {t.model}: training {t.epochs} epochs on {len(data.train_x)} images (once; cached as {key})"
+            f"teacher {t.name}: training {t.epochs} epochs on {len(data.train_x)} images (once; cached as {key})"
         )
-        bar = tqdm(total=t.epochs, desc=f"teacher {t.model}", unit="epoch", leave=False, disable=None)
+        bar = tqdm(total=t.epochs, desc=f"teacher {t.name}", unit="epoch", leave=False, disable=None)
 
         def report(epoch: int, m: nn.Module) -> None:
             accuracy = evaluate(m, data.val_x, data.val_y)
@@ -264,7 +387,7 @@ def _train_or_load(
         )
         bar.close()
     return {
-        "model": t.model,
+        "model": t.name,
         "key": key,
         "val_accuracy": evaluate(model, data.val_x, data.val_y),
         "test_accuracy": evaluate(model, data.test_x, data.test_y),

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -230,3 +231,45 @@ def search_with(request):
 
     run.backend = backend
     return run
+
+
+def _write_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class: int = 12, size: int = 20, mode="RGB"):
+    """An ImageFolder of PNGs: each class a colour of its own plus noise, so a model can learn it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(len(str(root)))
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, size=(size, size, 3)) + np.array([0, 90, 180])[[index % 3, (index + 1) % 3, (index + 2) % 3]]
+            image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
+            (image.convert("L") if mode == "L" else image).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def write_image_folder():
+    """``write_image_folder(root, classes=..., per_class=..., size=..., mode="RGB" | "L") -> root``."""
+    return _write_image_folder
+
+
+@pytest.fixture(scope="session")
+def own_data_export(tmp_path_factory):
+    """A study on an RGB ImageFolder searched from its study file (relative paths), one trial exported."""
+    import autokd
+
+    root = tmp_path_factory.mktemp("own")
+    _write_image_folder(root / "project" / "photos" / "train", per_class=16)
+    _write_image_folder(root / "project" / "photos" / "test", per_class=6)
+    document = copy.deepcopy(TINY_STUDY)
+    document["name"] = "own-photos"
+    document["data"] = {"dataset": "image_folder", "train_dir": "photos/train", "test_dir": "photos/test"}
+    document["teacher"]["epochs"] = 2
+    document["budget"]["trials"] = 1
+    document["search_space"]["families"] = ["resnet"]
+    study_file = root / "project" / "own-photos.yaml"
+    study_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    result = autokd.search(study_file, runs_dir=root / "runs", reports_dir=None, log=lambda _: None, progress=False)
+    (trial,) = [t for t in result.records.trials if t.completed]
+    export = autokd.export(result.run_dir, trial=trial.number)
+    return root, export

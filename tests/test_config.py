@@ -60,8 +60,8 @@ def test_budget_trials_must_be_positive():
     assert "budget.trials" in error_of({"name": "a", "budget": {"trials": 0}})
 
 
-def test_image_size_below_32_is_rejected():
-    assert "data.image_size" in error_of({"name": "a", "data": {"image_size": 16}})
+def test_image_size_below_8_is_rejected():
+    assert "data.image_size" in error_of({"name": "a", "data": {"image_size": 4}})
 
 
 def test_document_must_be_a_mapping():

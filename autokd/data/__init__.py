@@ -1,16 +1,23 @@
-"""Datasets behind one registry, served as in-memory tensors.
+"""Datasets, served as in-memory tensors.
 
-A dataset is a provider function in its own file in this package, decorated with
-:func:`register_dataset`; every module here is imported the first time the registry is used.
+Where the images come from (:func:`load_data`, from a study's ``data`` section):
 
-A provider returns the official train and test splits as uint8/float arrays; :func:`load_splits`
-subsamples train, carves the validation split from it (for model selection and early stopping; the
-test split is only used for final numbers), normalises and resizes, and returns tensors.
+- a registered provider: a function in its own file in this package (or an extension), decorated
+  with :func:`register_dataset` (the built-ins: ``fashion_mnist``, ``digits``);
+- ``image_folder``, ``torchvision:NAME`` and ``factory``: the user's own images, through torchvision's
+  ``ImageFolder``, its dataset classes, or a function returning torch Datasets
+  (:mod:`autokd.data.sources`).
+
+Each gives train and (usually) test images with values in [0, 1]. :func:`split_and_normalise`
+subsamples train, holds out a stratified test split when there is none, carves the validation
+split from train (for model selection and early stopping; the test split is only used for final
+numbers), normalises per channel (the training split's statistics unless the study states the
+teacher's), resizes, and returns tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +34,20 @@ class DatasetUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class RawDataset:
-    """What a provider returns: images as (N, C, H, W) arrays with values in [0, 1], integer labels."""
+    """What a provider returns: images as (N, C, H, W) arrays with values in [0, 1], integer labels.
+
+    ``test_images`` may be None (no test split: one is held out); ``val_images`` is a validation split
+    of the data's own (else one is carved from train); ``classes`` the class names, if known.
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
+    test_images: np.ndarray | None
+    test_labels: np.ndarray | None
     num_classes: int
+    classes: tuple[str, ...] = ()
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
 
 @dataclass
@@ -47,6 +61,10 @@ class DataSplits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    mean: tuple[float, ...] = ()  # per channel, applied to [0, 1] pixels: (x - mean) / std
+    std: tuple[float, ...] = ()
+    classes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # how the splits were made, where that is not obvious (e.g. held out)
 
     @property
     def in_chans(self) -> int:
@@ -66,12 +84,103 @@ def register_dataset(name: str) -> Callable[[DatasetProvider], DatasetProvider]:
     return DATASETS.register(name)
 
 
-def _to_tensor(images: np.ndarray, mean: float, std: float, image_size: int) -> torch.Tensor:
+def _to_tensor(images: np.ndarray, mean: np.ndarray, std: np.ndarray, image_size: int) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    x = (x - mean) / std
+    x = (x - torch.from_numpy(mean).view(1, -1, 1, 1)) / torch.from_numpy(std).view(1, -1, 1, 1)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return x.contiguous()
+
+
+def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of (N, C, H, W) images (a zero deviation becomes 1)."""
+    mean = images.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+    std = images.std(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+    return mean, np.where(std > 0, std, 1.0).astype(np.float32)
+
+
+def split_and_normalise(
+    raw: RawDataset,
+    *,
+    name: str,
+    train_subsample: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    image_size: int = 32,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    seed: int = 0,
+) -> DataSplits:
+    """Subsample, split, normalise and resize ``raw`` (see the module docstring)."""
+    from sklearn.model_selection import train_test_split
+
+    notes = []
+    train_images, train_labels = raw.train_images, np.asarray(raw.train_labels)
+    test_images, test_labels = raw.test_images, raw.test_labels
+    if test_images is None:
+        counts = np.bincount(train_labels, minlength=raw.num_classes)
+        stratify = train_labels if counts.min() >= 2 else None
+        train_idx, test_idx = train_test_split(
+            np.arange(len(train_labels)), test_size=test_fraction, random_state=seed, stratify=stratify
+        )
+        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+        test_images, test_labels = train_images[test_idx], train_labels[test_idx]
+        train_images, train_labels = train_images[train_idx], train_labels[train_idx]
+        notes.append(
+            f"no test split: {len(test_idx)} images ({test_fraction:.0%}{', stratified by class' if stratify is not None else ''}) "
+            "held out of the training images as the test split"
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train_labels))
+    if train_subsample is not None:
+        order = order[: min(train_subsample, len(order))]
+    if raw.val_images is not None:
+        val_images, val_labels = raw.val_images, np.asarray(raw.val_labels)
+        train_idx = order
+    else:
+        n_val = max(1, int(round(len(order) * val_fraction)))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        val_images, val_labels = train_images[val_idx], train_labels[val_idx]
+    if len(train_idx) < raw.num_classes:
+        from autokd.config import StudyFileError
+
+        need = int(np.ceil(raw.num_classes / (1 - val_fraction))) + 1
+        what = f"field 'data.train_subsample' = {train_subsample}" if train_subsample else f"dataset {name}"
+        raise StudyFileError(
+            f"{what}: leaves {len(train_idx)} training image(s) after the validation split (val_fraction "
+            f"{val_fraction:g}); {name} has {raw.num_classes} classes: use at least {need}"
+        )
+    train_part = train_images[train_idx]
+    channels = train_part.shape[1]
+    if mean is not None:
+        if len(mean) != channels:
+            from autokd.config import StudyFileError
+
+            raise StudyFileError(
+                f"field 'data.mean' has {len(mean)} value(s) but the images have {channels} channel(s): "
+                "give one per channel (or set data.channels)"
+            )
+        mean_a, std_a = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    else:
+        # Statistics from the training split only, so nothing about val/test leaks into preprocessing.
+        mean_a, std_a = channel_statistics(train_part)
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.int64))
+
+    return DataSplits(
+        train_x=_to_tensor(train_part, mean_a, std_a, image_size),
+        train_y=labels(train_labels[train_idx]),
+        val_x=_to_tensor(val_images, mean_a, std_a, image_size),
+        val_y=labels(val_labels),
+        test_x=_to_tensor(test_images, mean_a, std_a, image_size),
+        test_y=labels(test_labels),
+        num_classes=raw.num_classes,
+        mean=tuple(float(v) for v in mean_a),
+        std=tuple(float(v) for v in std_a),
+        classes=tuple(raw.classes),
+        notes=tuple(notes),
+    )
 
 
 def load_splits(
@@ -84,41 +193,31 @@ def load_splits(
     image_size: int = 32,
     seed: int = 0,
 ) -> DataSplits:
-    """Load ``name`` and return normalised train/val/test tensors.
+    """A registered dataset's normalised train/val/test tensors (:func:`split_and_normalise`).
 
     ``train_subsample`` draws that many training images (stratified by nothing but the seed) before
     the validation split is carved out of them; the test split is always complete.
     """
     provider = DATASETS.get(name)
     raw = provider(Path(data_dir) if data_dir else None, download)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(raw.train_labels))
-    if train_subsample is not None:
-        order = order[: min(train_subsample, len(order))]
-    n_val = max(1, int(round(len(order) * val_fraction)))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if len(train_idx) < raw.num_classes:
-        from autokd.config import StudyFileError
+    return split_and_normalise(
+        raw, name=name, train_subsample=train_subsample, val_fraction=val_fraction, image_size=image_size, seed=seed
+    )
 
-        raise StudyFileError(
-            f"field 'data.train_subsample' = {train_subsample}: leaves {len(train_idx)} training image(s) "
-            f"after the validation split (val_fraction {val_fraction:g}); {name} has {raw.num_classes} "
-            f"classes: use at least {int(np.ceil(raw.num_classes / (1 - val_fraction))) + 1}"
-        )
-    train_images = raw.train_images[train_idx]
-    # Statistics from the training split only, so nothing about val/test leaks into preprocessing.
-    mean = float(train_images.mean())
-    std = float(train_images.std()) or 1.0
 
-    def labels(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(a, dtype=np.int64))
+def load_data(section, seed: int = 0) -> DataSplits:
+    """The tensors a study's ``data`` section (:class:`autokd.config.DataSection`) describes."""
+    from autokd.data.sources import load_raw
 
-    return DataSplits(
-        train_x=_to_tensor(train_images, mean, std, image_size),
-        train_y=labels(raw.train_labels[train_idx]),
-        val_x=_to_tensor(raw.train_images[val_idx], mean, std, image_size),
-        val_y=labels(raw.train_labels[val_idx]),
-        test_x=_to_tensor(raw.test_images, mean, std, image_size),
-        test_y=labels(raw.test_labels),
-        num_classes=raw.num_classes,
+    raw = load_raw(section)
+    return split_and_normalise(
+        raw,
+        name=section.dataset,
+        train_subsample=section.train_subsample,
+        val_fraction=section.val_fraction,
+        test_fraction=section.test_fraction,
+        image_size=section.image_size,
+        mean=section.mean,
+        std=section.std,
+        seed=seed,
     )

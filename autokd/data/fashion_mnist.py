@@ -52,13 +52,21 @@ def _torchvision_download(root: Path) -> Path:
 
 @register_dataset("fashion_mnist")
 def load_fashion_mnist(data_dir: Path | None, download: bool) -> RawDataset:
-    """Fashion-MNIST from ``data_dir``, Debian's package, or (``download``) torchvision."""
-    directories = [d for d in (data_dir, DEBIAN_DIR, DOWNLOAD_DIR / "FashionMNIST" / "raw") if d is not None]
+    """Fashion-MNIST from ``data_dir`` if given (only there), else Debian's package or ./data; with
+    ``download``, torchvision fetches what is not found."""
+    # A data_dir the user names is the only place looked in: never silently another copy.
+    directories = [data_dir] if data_dir is not None else [DEBIAN_DIR, DOWNLOAD_DIR / "FashionMNIST" / "raw"]
     for directory in directories:
         paths = {key: _find(directory, stem) for key, stem in FILES.items()}
         if all(paths.values()):
             break
     else:
+        if not download and data_dir is not None:
+            raise DatasetUnavailableError(
+                f"Fashion-MNIST's IDX files are not in data.data_dir = {str(data_dir)!r} (looked for "
+                f"{', '.join(FILES.values())}, optionally .gz); point data.data_dir at them, drop it to use "
+                "Debian's dataset-fashion-mnist, or set data.download: true to fetch them there"
+            )
         if not download:
             looked = ", ".join(str(d) for d in directories)
             raise DatasetUnavailableError(

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from autokd.budget import Budget, StopReason
 from autokd.config import Study
 from autokd.record import fail_interrupted
-from autokd.resources import prepare_resources, quiet_optuna, torch_threads, training_threads
+from autokd.resources import load_extensions, prepare_resources, quiet_optuna, torch_threads, training_threads
 from autokd.runner import (
     WAIT_POLL_SECONDS,
     ProposalFailed,
@@ -252,6 +252,7 @@ def run(
     """
     from autokd.storage import JOURNAL, copy_to_journal
 
+    load_extensions(study, study_path)  # a study that cannot run is refused before its run folder exists
     budget = Budget.of(study)
     location = StorageLocation(runs_root / study.name, storage_url, heartbeat_interval)
     # On a database several machines share the study (heartbeats find dead workers); on the journal

@@ -33,7 +33,7 @@ from autokd.drivers.optuna import DriverOutcome
 from autokd.measure import machine_latency_lock
 from autokd.record import EarlyStop
 from autokd.registry import load_extension_files
-from autokd.resources import prepare_resources, quiet_optuna, torch_threads
+from autokd.resources import load_extensions, prepare_resources, quiet_optuna, torch_threads
 from autokd.runner import (
     Outcome,
     ProposalFailed,
@@ -268,6 +268,7 @@ def run(
     log: Callable[[str], None] = print,
 ) -> DriverOutcome:
     """Run (or resume) ``study`` on Ray: on the cluster at ``address``, or on a Ray started locally."""
+    load_extensions(study, study_path)  # a study that cannot run is refused before its run folder exists
     budget = Budget.of(study)
     location = StorageLocation(runs_root / study.name)
     with quiet_optuna(), StudyOwner(location.run_dir, study.name):

@@ -47,7 +47,7 @@ class DeployedModel(ABC):
 
     @abstractmethod
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (FP32 tensor) for a batch of images of any size."""
+        """Logits (FP32 tensor) for a batch of normalised images (a tensor or a numpy array)."""
 
     @abstractmethod
     def timing_call(self, example: torch.Tensor, threads: int) -> Callable[[], object]:

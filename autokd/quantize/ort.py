@@ -89,8 +89,10 @@ def _session(model_bytes: bytes, threads: int):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def _to_numpy(images: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+def _to_numpy(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    return np.ascontiguousarray(images, dtype=np.float32)
 
 
 class OnnxRuntimeModel(DeployedModel):

@@ -105,6 +105,7 @@ class CompiledTorchModel(DeployedModel):
             return compiled(images)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = torch.as_tensor(images, dtype=torch.float32)  # numpy arrays too
         if self._compiled is None:
             self._compiled = self._compile(self.graph)
         outputs = []

@@ -23,7 +23,7 @@ class TorchFP32Model(DeployedModel):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(images)
+        return self.module(torch.as_tensor(images, dtype=torch.float32))  # numpy arrays too
 
     def timing_call(self, example: torch.Tensor, threads: int) -> Callable[[], object]:
         module = self.module
