@@ -273,6 +273,18 @@ class TrainingSection(_Section):
     lr: Annotated[float, Field(gt=0, le=1)] = 3e-3
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     threads: Annotated[int, Strict(), Field(ge=1)] | None = None
+    # Where teacher and students train (autokd.devices); the latency objective stays on the runtime.
+    device: str = "auto"
+    amp: StrictBool = True  # automatic mixed precision (bf16 where supported) on CUDA; no effect elsewhere
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from autokd.devices import DEVICE_PATTERN, DEVICE_RULE
+
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError(f"use {DEVICE_RULE}")
+        return value
 
 
 class EarlyStoppingSection(_Section):

@@ -21,7 +21,11 @@ def feature_stage_indices(model: nn.Module, wanted: Sequence[int]) -> list[int]:
 def forward_with_features(
     model: nn.Module, x: torch.Tensor, indices: Sequence[int]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits plus the outputs of the given timm feature indices (sorted ascending, non-negative)."""
+    """Logits plus the outputs of the given timm feature indices (sorted ascending, non-negative), on
+    the model's device (``x`` is moved there)."""
+    for parameter in model.parameters():
+        x = x.to(parameter.device, non_blocking=True)
+        break
     if not indices:
         return model(x), []
     final, intermediates = model.forward_intermediates(x, indices=list(indices))
@@ -60,6 +64,9 @@ class NodeFeatures(nn.Module):
         self._output = output
         with torch.no_grad():
             was_training = model.training
+            for parameter in model.parameters():
+                example = example.to(parameter.device)
+                break
             outs = self._extractor.eval()(example)
             model.train(was_training)
         self.feature_info = []

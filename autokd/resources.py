@@ -18,6 +18,7 @@ import torch
 
 from autokd.config import Study
 from autokd.data import DataSplits, load_data
+from autokd.devices import amp_dtype, resolve_device
 from autokd.features import feature_stage_indices
 from autokd.methods import METHODS
 from autokd.registry import load_extension_files
@@ -44,6 +45,7 @@ class Resources:
     data: DataSplits
     teacher: Teacher
     outputs: TeacherOutputs
+    device: str = "cpu"  # where this process trains (autokd.devices)
 
     def teacher_reference(self) -> TeacherReference:
         """The teacher as trials see it: its outputs (cached or live) and its FP32 figures."""
@@ -149,6 +151,7 @@ def prepare_resources(
     study_path: Path | None = None,
     log: Callable[[str], None] = print,
     threads: int | None = None,
+    worker: int = 0,
 ) -> Resources:
     """Load extensions and data, get the teacher (trained once, then read from disk) and its output cache.
 
@@ -164,12 +167,16 @@ def prepare_resources(
     for note in data.notes:
         log(f"data: {note}")
     check_checkpoint(study, data)  # before the teacher's folder (named after the file's hash) exists
+    device = resolve_device(study.training.device, worker)
+    if device.type != "cpu":
+        precision = amp_dtype(device, study.training.amp)
+        log(f"device {device}" + (f", mixed precision {str(precision).removeprefix('torch.')}" if precision else ""))
     directory = runs_root / TEACHERS_DIR / study.teacher_key()
     with (
         torch_threads(threads or study.training.threads or torch.get_num_threads()),
         teacher_lock(directory, log),
     ):
-        teacher = prepare_teacher(study, data, runs_root, log)
+        teacher = prepare_teacher(study, data, runs_root, log, device=str(device))
         outputs = build_teacher_outputs(
             teacher.model,
             data.train_x,
@@ -183,4 +190,4 @@ def prepare_resources(
             seed=study.seed,
             log=log,
         )
-    return Resources(study, runs_root / study.name, paths, data, teacher, outputs)
+    return Resources(study, runs_root / study.name, paths, data, teacher, outputs, device=str(device))

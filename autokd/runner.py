@@ -140,6 +140,8 @@ RESUMABLE_CHANGES = (
     "budget.time_limit_minutes",
     "budget.max_consecutive_failures",
     "training.threads",
+    "training.device",  # where trials train, not what a trial is (the latency runtime is fixed)
+    "training.amp",
     "parallel.",
     "teacher_cache",
     "teacher_cache_max_gb",
@@ -423,6 +425,8 @@ class TrialRunner:
                 on_epoch=on_epoch,
                 latency_lock=self.latency_lock,
                 artifact_dir=trial_dir(self.resources.run_dir, number),
+                device=self.resources.device,
+                amp=self.study.training.amp,
             )
         except TrialStopped as stopped:
             return Outcome(TrialState.PRUNED, stop=stopped.stop)

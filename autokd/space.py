@@ -83,6 +83,12 @@ def check_study(study: Study) -> None:
             f"{IMAGE_FOLDER} (with data.train_dir), {TORCHVISION_PREFIX}NAME (e.g. torchvision:CIFAR10) or "
             f"{FACTORY} (with data.factory)"
         )
+    from autokd.devices import DeviceError, resolve_device
+
+    try:
+        resolve_device(study.training.device)
+    except DeviceError as exc:
+        raise StudyFileError(str(exc)) from None
     if study.teacher.factory is None:
         _check_teacher_model(study.teacher.model)
     checkpoint = study.teacher.checkpoint

@@ -302,7 +302,7 @@ def _read_metrics(path: Path, remedy: str) -> dict:
 
 
 def prepare_teacher(
-    study: Study, data: DataSplits, runs_root: Path, log: Callable[[str], None] = print
+    study: Study, data: DataSplits, runs_root: Path, log: Callable[[str], None] = print, device: str = "cpu"
 ) -> Teacher:
     """Return the study's teacher, training it (or loading its checkpoint) only when not cached yet.
 
@@ -331,12 +331,12 @@ def prepare_teacher(
             )
         else:
             directory.mkdir(parents=True, exist_ok=True)
-            metrics = _train_or_load(study, data, model, key, log)
+            metrics = _train_or_load(study, data, model, key, log, device)
             write_atomically(model.state_dict(), weights)
             metrics["weights_sha256"] = file_sha256(weights)
             write_atomically(json.dumps(metrics, indent=2), metrics_path)
             log(f"teacher ready: test top-1 {metrics['test_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
-    model = with_features(study, model, data).eval()
+    model = with_features(study, model.to(device), data).eval()
     return Teacher(
         key=key,
         directory=directory,
@@ -351,7 +351,7 @@ def prepare_teacher(
 
 
 def _train_or_load(
-    study: Study, data: DataSplits, model: nn.Module, key: str, log: Callable[[str], None]
+    study: Study, data: DataSplits, model: nn.Module, key: str, log: Callable[[str], None], device: str = "cpu"
 ) -> dict:
     start = time.perf_counter()
     t = study.teacher
@@ -381,6 +381,8 @@ def _train_or_load(
                 lr=t.lr,
                 weight_decay=t.weight_decay,
                 seed=study.seed,
+                device=device,
+                amp=study.training.amp,
             ),
             augmentation=augmentation_of(study),
             on_epoch=report,

@@ -72,7 +72,7 @@ class TeacherOutputs:
             self.model.eval()
             live_logits, feats = forward_with_features(self.model, x, sorted(missing))
             live_features = dict(zip(sorted(missing), feats, strict=True))
-        i, v = idx.numpy(), view.numpy()
+        i, v = idx.cpu().numpy(), view.cpu().numpy()
         logits = torch.from_numpy(self.logits[v, i]) if self.logits is not None else live_logits
         features = {s: torch.from_numpy(self.features[s][v, i]).float() for s in stages if s in self.features}
         features.update(live_features)
@@ -277,9 +277,9 @@ def _compute(
                         _reserve(partial / name)
                     logits = arrays["logits.npy"]
                     features = {s: arrays[f"stage{s}.npy"] for s in sorted(stages)}
-                logits[v, start : start + len(idx)] = out.numpy()
+                logits[v, start : start + len(idx)] = out.float().cpu().numpy()
                 for s, f in zip(sorted(stages), feats, strict=True):
-                    features[s][v, start : start + len(idx)] = f.numpy().astype(np.float16)
+                    features[s][v, start : start + len(idx)] = f.float().cpu().numpy().astype(np.float16)
         for array in [logits, *features.values()]:
             array.flush()
         del logits, features

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autokd.augment import CropFlip
+from autokd.devices import amp_dtype, autocast, device_of
 from autokd.features import feature_stage_indices, forward_with_features
 from autokd.methods import DistillInputs, Method
 
@@ -43,6 +44,8 @@ class TrainSettings:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     seed: int = 0
+    device: str = "cpu"  # a torch device string (autokd.devices.resolve_device gives it)
+    amp: bool = False  # mixed precision where the device has it (CUDA): bf16 where supported, else fp16
 
 
 @dataclass
@@ -89,9 +92,10 @@ def distillation_loss(
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on (x, y)."""
     model.eval()
+    device = device_of(model)
     correct = 0
     for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
+        logits = model(x[start : start + batch_size].to(device)).cpu()
         correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
     return correct / max(1, len(x))
 
@@ -100,7 +104,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits of ``model`` for every row of ``x`` (in eval mode)."""
     model.eval()
-    return torch.cat([model(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+    device = device_of(model)
+    return torch.cat([model(x[s : s + batch_size].to(device)).cpu() for s in range(0, len(x), batch_size)])
 
 
 def _method_loss(entry: WeightedMethod, inputs: DistillInputs) -> torch.Tensor:
@@ -140,6 +145,13 @@ def train(
     """
     check_mix(methods, distillation_share)
     generator = torch.Generator().manual_seed(settings.seed)
+    device = torch.device(settings.device)
+    model.to(device)
+    for entry in methods:
+        entry.method.to(device)
+    precision = amp_dtype(device, settings.amp)
+    # float16 needs its gradients scaled; bfloat16 (and FP32) do not
+    scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
     student_stages = [feature_stage_indices(model, e.method.needs_features) for e in methods]
     needs_teacher = teacher is not None and any(
         e.method.needs_teacher_logits or (e.method.needs_features and e.method.needs_teacher_features)
@@ -177,12 +189,16 @@ def train(
                 x = augmentation.apply(train_x[idx], augmentation.sample(len(idx), generator))
             else:
                 x = train_x[idx]
-            y = train_y[idx]
-            logits, student_features = forward_with_features(model, x, all_student_stages)
-            student_by_stage = dict(zip(all_student_stages, student_features, strict=True))
+            x, y = x.to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
             teacher_logits, teacher_by_stage = (
                 teacher.lookup(x, idx, view, all_teacher_stages) if needs_teacher else (None, {})
             )
+            if teacher_logits is not None:
+                teacher_logits = teacher_logits.to(device, non_blocking=True)
+            teacher_by_stage = {s: f.to(device, non_blocking=True) for s, f in teacher_by_stage.items()}
+            with autocast(device, precision):
+                logits, student_features = forward_with_features(model, x, all_student_stages)
+            student_by_stage = dict(zip(all_student_stages, student_features, strict=True))
             inputs = [
                 DistillInputs(
                     student_logits=logits,
@@ -193,10 +209,12 @@ def train(
                 )
                 for s_stages, t_stages in zip(student_stages, teacher_stages, strict=True)
             ]
-            loss = distillation_loss(logits, y, methods, inputs, distillation_share)
+            with autocast(device, precision):
+                loss = distillation_loss(logits, y, methods, inputs, distillation_share)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
         if on_epoch is not None:
             on_epoch(epoch, model)

@@ -255,8 +255,11 @@ def train_student(
     data: DataSplits,
     teacher: TeacherReference,
     after_epoch: Callable[[int, nn.Module], None],
+    device: str = "cpu",
+    amp: bool = False,
 ) -> nn.Module:
-    """Train the config's student in FP32, then (with ``qat``) its last ``qat_epochs`` fake-quantized."""
+    """Train the config's student in FP32 (on ``device``, mixed precision with ``amp`` on CUDA), then
+    (with ``qat``) its last ``qat_epochs`` fake-quantized; the student is returned on the CPU."""
     qat_epochs = config.qat_epochs if config.qat else 0
     if qat_epochs >= config.epochs:
         raise ValueError(f"qat_epochs ({qat_epochs}) must leave at least one FP32 epoch of {config.epochs}")
@@ -269,8 +272,11 @@ def train_student(
         "augmentation": teacher.outputs.augmentation,
     }
     fp32_epochs = config.epochs - qat_epochs
-    settings = TrainSettings(fp32_epochs, config.batch_size, config.lr, config.weight_decay, config.seed)
+    settings = TrainSettings(
+        fp32_epochs, config.batch_size, config.lr, config.weight_decay, config.seed, device=device, amp=amp
+    )
     train(student, data.train_x, data.train_y, settings, on_epoch=after_epoch, **common)
+    student.cpu()
     if qat_epochs:
         # the stages the training loop asks for: every method's, in ascending order
         indices = sorted(
@@ -286,8 +292,9 @@ def train_student(
             on_epoch=lambda epoch, model: after_epoch(fp32_epochs + epoch, model),
             **common,
         )
+        qat_student.cpu()
         copy_weights_back(qat_student, student)
-    return student
+    return student.cpu()
 
 
 def run_trial(
@@ -298,13 +305,16 @@ def run_trial(
     on_epoch: Callable[[int, float], None] | None = None,
     latency_lock: Path | None = None,
     artifact_dir: Path | None = None,
+    device: str = "cpu",
+    amp: bool = False,
 ) -> TrialResult:
     """Train, quantize and measure one student; return every metric (see the objective definitions).
 
     ``on_epoch(epoch, val_accuracy)`` is called after every epoch; raising from it stops the trial.
     ``latency_lock`` is the file that keeps training off the cores while a latency is measured.
     ``artifact_dir``, when given, receives the FP32 student's state dict (``student.pt``, what
-    ``autokd export`` rebuilds from) and the deployable INT8 artifact.
+    ``autokd export`` rebuilds from) and the deployable INT8 artifact. ``device``/``amp``: where the
+    student trains (:mod:`autokd.devices`); quantization and latency are the CPU runtime's.
     """
     wall_start = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -319,7 +329,7 @@ def run_trial(
         cores.step_aside()
 
     with cores:
-        student = train_student(config, data, teacher, after_epoch)
+        student = train_student(config, data, teacher, after_epoch, device, amp)
         train_seconds = time.perf_counter() - wall_start
         int8_model, fp32_model, quant_seconds = quantize_student(student, config, data)
 

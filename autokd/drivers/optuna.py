@@ -140,8 +140,13 @@ def _worker_main(task: _WorkerTask, outcomes) -> None:
         )
         with owner, quiet_optuna(), torch_threads(task.threads):
             # The parent built the teacher and its output cache: here they are only read from disk.
+            # Worker i trains on GPU i modulo their number when there are several (autokd.devices).
             resources = prepare_resources(
-                task.study, runs_root=task.runs_root, study_path=task.study_path, log=lambda _: None
+                task.study,
+                runs_root=task.runs_root,
+                study_path=task.study_path,
+                log=lambda _: None,
+                worker=task.index,
             )
             storage = task.location.open()
             study = task.study

@@ -33,6 +33,7 @@ from autokd.drivers.optuna import DriverOutcome
 from autokd.measure import machine_latency_lock
 from autokd.record import EarlyStop
 from autokd.registry import load_extension_files
+from autokd.devices import resolve_device
 from autokd.resources import load_extensions, prepare_resources, quiet_optuna, torch_threads
 from autokd.runner import (
     Outcome,
@@ -75,6 +76,8 @@ def ray_trial(
     extension_paths: tuple[str, ...] = (),
     threads: int = 1,
     run_dir: str | None = None,
+    device: str = "cpu",
+    amp: bool = False,
 ) -> None:
     """One Tune trial: :func:`autokd.trial.run_trial`, reporting its validation accuracies after each
     epoch but the last (for :class:`MedianStopping`) and then its result, or its error, once."""
@@ -90,6 +93,9 @@ def ray_trial(
 
     try:
         load_extension_files(extension_paths)  # registries are per process (loading twice is a no-op)
+        # the GPU Ray gave this trial (gpus_per_trial) is the one CUDA shows it: cuda:0 here
+        trial_device = resolve_device(device)
+        teacher.model.to(trial_device)
         with torch_threads(threads):
             result = run_trial(
                 trial_config,
@@ -98,6 +104,8 @@ def ray_trial(
                 on_epoch=on_epoch,
                 latency_lock=machine_latency_lock(),  # this node's lock: latency is about its cores
                 artifact_dir=trial_dir(Path(run_dir), config[NUMBER]) if run_dir else None,
+                device=str(trial_device),
+                amp=amp,
             )
     except Exception as exc:  # noqa: BLE001 - reported, so the study records the same one-line error
         tune.report({ERROR: f"{type(exc).__name__}: {exc}"})
@@ -292,6 +300,7 @@ def run(
         if done:
             log(f"resuming '{study.name}': {done}/{study.budget.trials} trials already complete")
         runner = TrialRunner(resources, optuna_study, emit=log)
+        resources.teacher.model.cpu()  # each trial moves it to the device Ray gives it
         with ray_session(address):
             # with_parameters puts data and teacher in the object store once; every trial reads them there.
             trainable = tune.with_resources(
@@ -302,6 +311,8 @@ def run(
                     extension_paths=tuple(str(path) for path in resources.extension_paths),
                     threads=study.training.threads or max(1, int(parallel.cpus_per_trial)),
                     run_dir=str(resources.run_dir.resolve()),
+                    device=study.training.device,
+                    amp=study.training.amp,
                 ),
                 {"cpu": parallel.cpus_per_trial, "gpu": parallel.gpus_per_trial},
             )

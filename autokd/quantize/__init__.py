@@ -206,8 +206,9 @@ def quiet() -> Iterator[None]:
 
 
 def eval_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode (backends never touch the caller's model)."""
-    return copy.deepcopy(model).eval()
+    """A deep copy of ``model`` in eval mode on the CPU (backends never touch the caller's model; the
+    deployment runtimes are CPU ones)."""
+    return copy.deepcopy(model).cpu().eval()
 
 
 def fp32_weight_bytes(model: nn.Module) -> int:

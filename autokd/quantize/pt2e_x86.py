@@ -165,10 +165,12 @@ class CompiledTorchModel(DeployedModel):
     refusals={
         "mobilenetv3": "its INT8 model agrees with FP32 on 97.2% of test images of trained Fashion-MNIST "
         "students, below the 98% bar; see docs/quantization.md",
-        "mobilenetv3_minimal": "its INT8 model agrees with FP32 on 97.0% of test images of a trained "
-        "Fashion-MNIST student (ImageNet stem), below the 98% bar; see docs/quantization.md",
-        "efficientnet_lite": "its INT8 model agrees with FP32 on 93.4% of test images of a trained "
-        "Fashion-MNIST student (ImageNet stem), below the 98% bar; see docs/quantization.md",
+        "mobilenetv3_minimal": "its INT8 model agrees with FP32 on 97.0% of test images of a Fashion-MNIST "
+        "student trained 4 epochs on 10,800 images (ImageNet stem), below the 98% bar; not measured on a "
+        "fully trained one; see docs/quantization.md",
+        "efficientnet_lite": "its INT8 model agrees with FP32 on 93.4% of test images of a Fashion-MNIST "
+        "student trained 4 epochs on 10,800 images (ImageNet stem), below the 98% bar; not measured on a "
+        "fully trained one; see docs/quantization.md",
     },
 )
 @dataclass(frozen=True)
