@@ -170,9 +170,14 @@ def train(
         list(model.parameters()) + extra, lr=settings.lr, weight_decay=settings.weight_decay
     )
     steps_per_epoch = math.ceil(len(train_x) / settings.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.2
-    )
+    total_steps = settings.epochs * steps_per_epoch
+    if total_steps >= 3:
+        # One-cycle: 20% warm-up, at least 2 steps of it (a shorter phase divides by zero in torch).
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=max(0.2, 2 / total_steps)
+        )
+    else:  # a run of one or two steps: the learning rate as given
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     for epoch in range(1, settings.epochs + 1):
         model.train()
         for entry in methods:

@@ -184,3 +184,14 @@ def test_method_receives_its_stages_in_its_order(setup):
     )
     # teacher (width 0.5): stage 4 = 256 channels at 1×1, stage 2 = 64 at 4×4; student: 128 and 32
     assert Recorder.seen == [(256, 1, 1), (64, 4, 4), (128, 1, 1), (32, 4, 4)]
+
+
+@pytest.mark.parametrize("images", [4, 10, 40])
+def test_a_run_of_a_few_steps_trains(images):
+    """One epoch of 2, 5 or 20 steps: a one-cycle schedule that short must not divide by zero."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(images, 1, 4, 4), torch.arange(images) % 3
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, x, y, TrainSettings(epochs=1, batch_size=2))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
