@@ -48,6 +48,8 @@ def _check_range(value: Range, *, positive: bool = True) -> Range:
     return value
 
 
+# module:function or path/to/file.py:function (data.factory, teacher.factory)
+FACTORY_SPEC = re.compile(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*")
 IMAGE_FOLDER = "image_folder"
 FACTORY = "factory"
 TORCHVISION_PREFIX = "torchvision:"
@@ -100,7 +102,7 @@ class DataSection(_Section):
             )
         if self.factory is not None and self.dataset != FACTORY:
             raise ValueError(f"field 'data.factory' belongs to dataset factory, not {self.dataset!r}")
-        if self.factory is not None and not re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", self.factory):
+        if self.factory is not None and not FACTORY_SPEC.fullmatch(self.factory):
             raise ValueError(
                 f"field 'data.factory' = {self.factory!r}: write 'module:function' or 'path/to/file.py:function'"
             )
@@ -127,10 +129,16 @@ class DataSection(_Section):
             if value is not None and not Path(value).expanduser().is_absolute():
                 update[field] = str(base / value)
         if self.factory:
-            target, function = self.factory.rsplit(":", 1)
-            if target.endswith(".py") and not Path(target).expanduser().is_absolute():
-                update["factory"] = f"{base / target}:{function}"
+            update["factory"] = resolve_factory(self.factory, base)
         return self.model_copy(update=update)
+
+
+def resolve_factory(spec: str, base: Path) -> str:
+    """A factory spec with a relative ``file.py`` made absolute against ``base``; modules as they are."""
+    target, function = spec.rsplit(":", 1)
+    if target.endswith(".py") and not Path(target).expanduser().is_absolute():
+        return f"{base / target}:{function}"
+    return spec
 
 
 class AugmentationSection(_Section):
@@ -164,7 +172,7 @@ class TeacherSection(_Section):
 
     @model_validator(mode="after")
     def _factory_fields(self) -> TeacherSection:
-        if self.factory is not None and not re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", self.factory):
+        if self.factory is not None and not FACTORY_SPEC.fullmatch(self.factory):
             raise ValueError(
                 f"field 'teacher.factory' = {self.factory!r}: write 'module:function' or 'path/to/file.py:function'"
             )
@@ -426,9 +434,7 @@ class Study(_Section):
         if teacher.checkpoint and not Path(teacher.checkpoint).expanduser().is_absolute():
             teacher = teacher.model_copy(update={"checkpoint": str(base / teacher.checkpoint)})
         if teacher.factory:
-            target, function = teacher.factory.rsplit(":", 1)
-            if target.endswith(".py") and not Path(target).expanduser().is_absolute():
-                teacher = teacher.model_copy(update={"factory": f"{base / target}:{function}"})
+            teacher = teacher.model_copy(update={"factory": resolve_factory(teacher.factory, base)})
         return self.model_copy(update={"data": self.data.resolved(base), "teacher": teacher})
 
     def extension_paths(self, study_path: Path | None) -> list[Path]:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autokd.data import load_splits  # noqa: E402
 from autokd.quantize import calibration_batches, predict, quiet  # noqa: E402
-from autokd.quantize.ort import OnnxRuntimeModel, _Batches, export_onnx  # noqa: E402
+from autokd.quantize.ort import OnnxRuntimeModel, _Batches, export_onnx, static_options  # noqa: E402
 from autokd.students import build_student, stem_for  # noqa: E402
 from autokd.train import TrainSettings, predict_logits, train  # noqa: E402
 
@@ -40,17 +40,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def quantized(model_bytes: bytes, calibration, **overrides) -> OnnxRuntimeModel:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    options = dict(
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
-    )
+    options = static_options()  # autokd's, then the variant's overrides
     extra = overrides.pop("extra", {})
     options.update(overrides)
     options["extra_options"] = {**options["extra_options"], **extra}

@@ -258,3 +258,14 @@ def test_predict_on_a_missing_file_is_one_line(tmp_path):
 
     with pytest.raises(ExportError, match="nothing.png: no such file or folder"):
         image_files([tmp_path / "nothing.png"])
+
+
+@pytest.mark.slow
+def test_the_predict_command_prints_each_images_class(own_data_export, capsys):
+    from autokd.cli import main
+
+    root, export = own_data_export
+    image = next((root / "project" / "photos" / "test" / "eel").glob("*.png"))
+    assert main(["predict", str(export.directory), str(image)]) == 0
+    path, name, probability = capsys.readouterr().out.strip().split("\t")
+    assert path == str(image) and name in {"cat", "dog", "eel"} and 0 < float(probability) <= 1

@@ -162,7 +162,7 @@ class _Batches:
 def quantize_onnx(model_bytes: bytes, calibration: Sequence[torch.Tensor]) -> bytes:
     """Static QDQ INT8 version of an FP32 ONNX model, calibrated on ``calibration``."""
     with quiet():  # importing it makes torch log a note about CUDA
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,18 +170,22 @@ def quantize_onnx(model_bytes: bytes, calibration: Sequence[torch.Tensor]) -> by
         fp32.write_bytes(model_bytes)
         with quiet():  # per-tensor notes from the quantizer a user cannot act on
             quant_pre_process(str(fp32), str(pre))
-            quantize_static(
-                str(pre),
-                str(int8),
-                _Batches(calibration),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
-            )
+            quantize_static(str(pre), str(int8), _Batches(calibration), **static_options())
         return int8.read_bytes()
+
+
+def static_options() -> dict:
+    """autokd's ``quantize_static`` settings (see the module docstring)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    return dict(
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
+    )
 
 
 @register_backend(
