@@ -154,7 +154,7 @@ def check_study(study: Study) -> None:
         )
     backend = BACKENDS.get(backend_name)
     for i, family in enumerate(space.families):
-        reason = backend.refusal(family)
+        reason = backend.refusal(family, get_family(family).stem_for(study.data.image_size, space.stem))
         if reason is not None:
             supported = [f for f in FAMILIES.names() if backend.refusal(f) is None]
             raise StudyFileError(

@@ -77,15 +77,22 @@ class QuantizationBackend(ABC):
     supported_families: tuple[str, ...] = ()  # measured to pass the agreement bar on this backend
     refusals: dict[str, str] = field(default_factory=dict)  # family -> why it is refused (measured)
 
-    def refusal(self, family: str) -> str | None:
-        """Why ``family`` cannot be deployed with this backend, or None when it can."""
+    def refusal(self, family: str, stem: str | None = None) -> str | None:
+        """Why ``family`` (with ``stem``, where given) cannot be deployed with this backend, or None."""
         from autokd.students import get_family
 
         student = get_family(family)
         # A fixed timm:NAME student is the user's own choice: every trial measures its agreement and
         # the report flags it when INT8 disagrees with FP32.
-        if student.fixed or family in self.supported_families or self.name in student.int8_backends:
+        if student.fixed or family in self.supported_families:
             return None
+        if self.name in student.int8_backends:
+            if stem is None or not student.int8_stems or stem in student.int8_stems:
+                return None
+            return (
+                f"its INT8 agreement was measured with its {' and '.join(student.int8_stems)} stem only; with the "
+                f"{stem} stem (search_space.stem, or images above 64 pixels) it is not claimed; see docs/quantization.md"
+            )
         return self.refusals.get(family, "its INT8 agreement with FP32 was never measured on this backend")
 
     @abstractmethod

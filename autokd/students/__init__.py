@@ -47,6 +47,7 @@ class StudentFamily:
     builder: FamilyBuilder
     stems: tuple[str, ...] = ("imagenet",)
     int8_backends: tuple[str, ...] = ()
+    int8_stems: tuple[str, ...] = ()  # the stems ``int8_backends`` were measured with; () = all of them
     fixed: bool = False  # a named model trained as is: width and depth do not apply
 
     @property
@@ -85,18 +86,26 @@ FAMILIES: Registry[StudentFamily] = Registry("student family", builtins="autokd.
 
 
 def register_family(
-    name: str, *, stems: tuple[str, ...] = ("imagenet",), int8_backends: tuple[str, ...] = ()
+    name: str,
+    *,
+    stems: tuple[str, ...] = ("imagenet",),
+    int8_backends: tuple[str, ...] = (),
+    int8_stems: tuple[str, ...] = (),
 ) -> Callable[[FamilyBuilder], FamilyBuilder]:
     """Register ``fn(width, depth, *, num_classes, in_chans) -> nn.Module`` as the family ``name``.
 
-    With more than one stem the builder also takes ``stem`` (one of ``stems``).
+    With more than one stem the builder also takes ``stem`` (one of ``stems``). ``int8_backends``: the
+    backends the family was measured to pass the INT8 agreement bar on; ``int8_stems``: with which of
+    its stems, where not all.
     """
 
     def decorator(builder: FamilyBuilder) -> FamilyBuilder:
         unknown = set(stems) - set(STEMS)
         if unknown or not stems:
             raise ValueError(f"family '{name}': stems must be among {', '.join(STEMS)}, got {stems}")
-        FAMILIES.register(name, StudentFamily(name, builder, tuple(stems), tuple(int8_backends)))
+        FAMILIES.register(
+            name, StudentFamily(name, builder, tuple(stems), tuple(int8_backends), tuple(int8_stems))
+        )
         return builder
 
     return decorator
