@@ -461,7 +461,16 @@ class Study(_Section):
 
 # Data fields added after 0.2: left out of the teacher's key while at their defaults, so teachers
 # trained before they existed keep their keys.
-_LATER_DATA_FIELDS = ("train_dir", "val_dir", "test_dir", "factory", "test_fraction", "channels", "mean", "std")
+_LATER_DATA_FIELDS = (
+    "train_dir",
+    "val_dir",
+    "test_dir",
+    "factory",
+    "test_fraction",
+    "channels",
+    "mean",
+    "std",
+)
 
 
 def _teacher_identity(teacher: TeacherSection) -> dict:

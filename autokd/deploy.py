@@ -358,8 +358,12 @@ def predict_images(directory: str | Path, images, *, trust: bool = False) -> lis
     probabilities = torch.softmax(torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)]), dim=1)
     classes = card["output"].get("classes") or []
     rows = []
-    for i, (p, index) in enumerate(zip(*probabilities.max(dim=1))):
-        row = {"index": int(index), "class": classes[int(index)] if classes else str(int(index)), "probability": float(p)}
+    for i, (p, index) in enumerate(zip(*probabilities.max(dim=1), strict=True)):
+        row = {
+            "index": int(index),
+            "class": classes[int(index)] if classes else str(int(index)),
+            "probability": float(p),
+        }
         if paths is not None:
             row = {"path": str(paths[i]), **row}
         rows.append(row)

@@ -48,7 +48,9 @@ def resolve_device(spec: str = "auto", worker: int = 0) -> torch.device:
         )
     index = int(spec.split(":")[1]) if ":" in spec else worker % count
     if index >= count:
-        raise DeviceError(f"field 'training.device' = {spec!r}: this machine has {count} CUDA GPU(s), 0-{count - 1}")
+        raise DeviceError(
+            f"field 'training.device' = {spec!r}: this machine has {count} CUDA GPU(s), 0-{count - 1}"
+        )
     return torch.device("cuda", index)
 
 

@@ -49,15 +49,25 @@ class NodeFeatures(nn.Module):
         self.nodes = list(nodes)
         _, eval_nodes = get_graph_node_names(model)
         # a module's name stands for its last node (torchvision's rule), e.g. "layer1" for "layer1.1.relu_1"
-        unknown = [n for n in self.nodes if n not in eval_nodes and not any(e.startswith(n + ".") for e in eval_nodes)]
+        unknown = [
+            n
+            for n in self.nodes
+            if n not in eval_nodes and not any(e.startswith(n + ".") for e in eval_nodes)
+        ]
         if unknown:
             import difflib
 
             modules = [name for name, _ in model.named_modules() if name]
-            close = difflib.get_close_matches(unknown[0], modules, n=3) or difflib.get_close_matches(unknown[0], eval_nodes, n=3)
+            close = difflib.get_close_matches(unknown[0], modules, n=3) or difflib.get_close_matches(
+                unknown[0], eval_nodes, n=3
+            )
             raise ValueError(
                 f"node {unknown[0]!r} is not in the model's graph"
-                + (f"; close matches: {', '.join(close)}" if close else f"; nodes include {', '.join(eval_nodes[-6:])}")
+                + (
+                    f"; close matches: {', '.join(close)}"
+                    if close
+                    else f"; nodes include {', '.join(eval_nodes[-6:])}"
+                )
             )
         output = eval_nodes[-1]
         self._extractor = create_feature_extractor(model, return_nodes=[*self.nodes, output])
@@ -73,9 +83,15 @@ class NodeFeatures(nn.Module):
         for node in self.nodes:
             out = outs[node]
             if out.ndim != 4:
-                raise ValueError(f"node {node!r} gives a {out.ndim}-d output; feature nodes must give (N, C, H, W) maps")
+                raise ValueError(
+                    f"node {node!r} gives a {out.ndim}-d output; feature nodes must give (N, C, H, W) maps"
+                )
             self.feature_info.append(
-                {"num_chs": int(out.shape[1]), "reduction": max(1, example.shape[-1] // out.shape[-1]), "module": node}
+                {
+                    "num_chs": int(out.shape[1]),
+                    "reduction": max(1, example.shape[-1] // out.shape[-1]),
+                    "module": node,
+                }
             )
 
     def state_dict(self, *args, **kwargs):

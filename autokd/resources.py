@@ -170,7 +170,10 @@ def prepare_resources(
     device = resolve_device(study.training.device, worker)
     if device.type != "cpu":
         precision = amp_dtype(device, study.training.amp)
-        log(f"device {device}" + (f", mixed precision {str(precision).removeprefix('torch.')}" if precision else ""))
+        log(
+            f"device {device}"
+            + (f", mixed precision {str(precision).removeprefix('torch.')}" if precision else "")
+        )
     directory = runs_root / TEACHERS_DIR / study.teacher_key()
     with (
         torch_threads(threads or study.training.threads or torch.get_num_threads()),

@@ -72,12 +72,15 @@ def check_study(study: Study) -> None:
 
     Call after the study's extension files are loaded; raises :class:`StudyFileError` (one line).
     """
+    from autokd.config import FACTORY, IMAGE_FOLDER, TORCHVISION_PREFIX
     from autokd.data import DATASETS
 
-    from autokd.config import FACTORY, IMAGE_FOLDER, TORCHVISION_PREFIX
-
     dataset = study.data.dataset
-    if dataset not in DATASETS and dataset not in (IMAGE_FOLDER, FACTORY) and not dataset.startswith(TORCHVISION_PREFIX):
+    if (
+        dataset not in DATASETS
+        and dataset not in (IMAGE_FOLDER, FACTORY)
+        and not dataset.startswith(TORCHVISION_PREFIX)
+    ):
         raise StudyFileError(
             f"field 'data.dataset' = {dataset!r}: unknown dataset; allowed: {', '.join(DATASETS.names())}, "
             f"{IMAGE_FOLDER} (with data.train_dir), {TORCHVISION_PREFIX}NAME (e.g. torchvision:CIFAR10) or "
@@ -121,7 +124,9 @@ def check_study(study: Study) -> None:
                 )
     named = {name for choice in space.methods for name in methods_of(choice)}
     if study.teacher.factory and not study.teacher.feature_nodes:
-        reading = sorted(n for n in named if METHODS.get(n).needs_features and METHODS.get(n).needs_teacher_features)
+        reading = sorted(
+            n for n in named if METHODS.get(n).needs_features and METHODS.get(n).needs_teacher_features
+        )
         if reading:
             raise StudyFileError(
                 f"field 'search_space.methods': {', '.join(reading)} read(s) the teacher's features, and a "

@@ -231,7 +231,9 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str
                 return "none"
             return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
-        raise ValueError(f"its keys are not the model's (missing: {first(missing)}; unexpected: {first(unexpected)})")
+        raise ValueError(
+            f"its keys are not the model's (missing: {first(missing)}; unexpected: {first(unexpected)})"
+        )
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
             raise ValueError(
@@ -256,7 +258,9 @@ def classifier_mismatch(model: nn.Module, state: dict[str, torch.Tensor], num_cl
     return None
 
 
-def _load_weights(model: nn.Module, path: Path, what: str, remedy: str, num_classes: int | None = None) -> None:
+def _load_weights(
+    model: nn.Module, path: Path, what: str, remedy: str, num_classes: int | None = None
+) -> None:
     try:
         state = read_state_dict(path)
     except FileNotFoundError:
@@ -268,7 +272,9 @@ def _load_weights(model: nn.Module, path: Path, what: str, remedy: str, num_clas
     try:
         model.load_state_dict(fit_state_dict(model, state))
     except Exception as exc:  # noqa: BLE001 - a state dict of another architecture
-        why = (num_classes is not None and classifier_mismatch(model, state, num_classes)) or str(exc).splitlines()[0][:200]
+        why = (num_classes is not None and classifier_mismatch(model, state, num_classes)) or str(
+            exc
+        ).splitlines()[0][:200]
         raise TeacherFileError(f"{what} {path} does not fit the teacher model: {why}; {remedy}") from None
 
 
@@ -351,12 +357,19 @@ def prepare_teacher(
 
 
 def _train_or_load(
-    study: Study, data: DataSplits, model: nn.Module, key: str, log: Callable[[str], None], device: str = "cpu"
+    study: Study,
+    data: DataSplits,
+    model: nn.Module,
+    key: str,
+    log: Callable[[str], None],
+    device: str = "cpu",
 ) -> dict:
     start = time.perf_counter()
     t = study.teacher
     if t.checkpoint:
-        _load_weights(model, Path(t.checkpoint), "teacher.checkpoint", _checkpoint_remedy(t), data.num_classes)
+        _load_weights(
+            model, Path(t.checkpoint), "teacher.checkpoint", _checkpoint_remedy(t), data.num_classes
+        )
         log(f"teacher {t.name}: loaded {t.checkpoint}")
     else:
         log(

@@ -28,8 +28,12 @@ from autokd.train import TrainSettings, predict_logits, train  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=["mobilenetv4", "efficientnet_lite", "mobilenetv3_minimal"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--families", nargs="+", default=["mobilenetv4", "efficientnet_lite", "mobilenetv3_minimal"]
+    )
     parser.add_argument("--train-subsample", type=int, default=12000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--width", type=float, default=0.25)
@@ -83,7 +87,9 @@ def main() -> None:
     for family in args.families:
         torch.manual_seed(args.seed)
         stem = stem_for(family, data.image_size)
-        student = build_student(family, args.width, args.depth, num_classes=10, in_chans=data.in_chans, stem=stem)
+        student = build_student(
+            family, args.width, args.depth, num_classes=10, in_chans=data.in_chans, stem=stem
+        )
         train(student, data.train_x, data.train_y, TrainSettings(args.epochs, 128, 3e-3, seed=args.seed))
         reference = predict_logits(student.eval(), data.test_x).argmax(1)
         model_bytes, _ = export_onnx(student, data.train_x[:128])
@@ -92,9 +98,15 @@ def main() -> None:
             "MinMax, 8 batches (autokd's)": {},
             "MinMax, 32 batches": {"batches": 32},
             "percentile 99.999": {"calibrate_method": CalibrationMethod.Percentile},
-            "percentile 99.99": {"calibrate_method": CalibrationMethod.Percentile, "extra": {"CalibPercentile": 99.99}},
+            "percentile 99.99": {
+                "calibrate_method": CalibrationMethod.Percentile,
+                "extra": {"CalibPercentile": 99.99},
+            },
             "entropy": {"calibrate_method": CalibrationMethod.Entropy},
-            "symmetric s8 activations": {"activation_type": QuantType.QInt8, "extra": {"ActivationSymmetric": True}},
+            "symmetric s8 activations": {
+                "activation_type": QuantType.QInt8,
+                "extra": {"ActivationSymmetric": True},
+            },
             "first convolution in FP32": {"nodes_to_exclude": convs[:1]},
             "first and last convolutions in FP32": {"nodes_to_exclude": [convs[0], convs[-1]]},
             f"every depthwise convolution in FP32 ({len(depthwise)})": {"nodes_to_exclude": depthwise},

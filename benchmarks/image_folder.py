@@ -32,7 +32,7 @@ CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
 def write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
     from PIL import Image
 
-    for index, name in enumerate(CLASSES):
+    for name in CLASSES:
         (root / name).mkdir(parents=True, exist_ok=True)
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         pixels = np.round(image[0] * 255).astype(np.uint8)
@@ -45,7 +45,12 @@ def study(name: str, data: dict, args: argparse.Namespace) -> dict:
         "seed": 0,
         "data": {**data, "image_size": 32},
         "teacher": {"model": "resnet18", "epochs": args.teacher_epochs},
-        "search_space": {"families": ["resnet"], "width": [0.125, 0.375], "depth": [0.5, 1.0], "methods": ["hinton_kd"]},
+        "search_space": {
+            "families": ["resnet"],
+            "width": [0.125, 0.375],
+            "depth": [0.5, 1.0],
+            "methods": ["hinton_kd"],
+        },
         "budget": {"trials": args.trials, "epochs": args.epochs},
         "early_stopping": {"enabled": False},
         "sampler": {"kind": "random", "startup_trials": args.trials},
@@ -53,7 +58,9 @@ def study(name: str, data: dict, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=12000, help="training images of each source")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
@@ -72,7 +79,9 @@ def main() -> None:
             "fashion_mnist": {"dataset": "fashion_mnist", "train_subsample": args.images},
             "image_folder": {"dataset": "image_folder", "train_dir": "pngs/train", "test_dir": "pngs/test"},
         }
-        print("| source | load s | teacher test top-1 | students | student test top-1 (median, range) | retention (median) |")
+        print(
+            "| source | load s | teacher test top-1 | students | student test top-1 (median, range) | retention (median) |"
+        )
         print("|---|---|---|---|---|---|")
         for source, data in sources.items():
             path = root / f"{source}.yaml"
@@ -80,7 +89,9 @@ def main() -> None:
             start = time.perf_counter()
             load_study_data(load_study_file(path))
             load_s = time.perf_counter() - start
-            result = autokd.search(path, runs_dir=root / "runs", reports_dir=None, progress=False, log=lambda _: None)
+            result = autokd.search(
+                path, runs_dir=root / "runs", reports_dir=None, progress=False, log=lambda _: None
+            )
             done = [t for t in result.records.trials if t.completed]
             tops = [t.result.int8_accuracy for t in done]
             retention = statistics.median(t.result.retention for t in done)

@@ -29,7 +29,9 @@ from autokd.students import build_student, stem_for  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--families", nargs="+", default=["efficientnet_lite", "mobilenetv4", "resnet"])
     parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     parser.add_argument("--depth", type=float, default=0.5)
@@ -58,7 +60,11 @@ def main() -> None:
     for family, width in configs:
         torch.manual_seed(0)
         student = build_student(
-            family, width, args.depth, num_classes=data.num_classes, in_chans=data.in_chans,
+            family,
+            width,
+            args.depth,
+            num_classes=data.num_classes,
+            in_chans=data.in_chans,
             stem=stem_for(family, data.image_size),
         ).eval()
         models[family, width] = backend.quantize_with_fp32(student, calibration)
@@ -68,9 +74,14 @@ def main() -> None:
         for config in configs:
             int8, fp32 = models[config]
             runs[config].append(
-                (measure_latency(int8, example, **timing).median_ms, measure_latency(fp32, example, **timing).median_ms)
+                (
+                    measure_latency(int8, example, **timing).median_ms,
+                    measure_latency(fp32, example, **timing).median_ms,
+                )
             )
-    print("| family | width | int8 ms | fp32 ms | speed-up (median) | speed-up range |\n|---|---|---|---|---|---|")
+    print(
+        "| family | width | int8 ms | fp32 ms | speed-up (median) | speed-up range |\n|---|---|---|---|---|---|"
+    )
     for (family, width), pairs in runs.items():
         ups = [fp32 / int8 for int8, fp32 in pairs]
         print(

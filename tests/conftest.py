@@ -233,7 +233,9 @@ def search_with(request):
     return run
 
 
-def _write_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class: int = 12, size: int = 20, mode="RGB"):
+def _write_image_folder(
+    root: Path, classes=("cat", "dog", "eel"), per_class: int = 12, size: int = 20, mode="RGB"
+):
     """An ImageFolder of PNGs: each class a colour of its own plus noise, so a model can learn it."""
     from PIL import Image
 
@@ -241,7 +243,10 @@ def _write_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class: in
     for index, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            pixels = rng.integers(0, 60, size=(size, size, 3)) + np.array([0, 90, 180])[[index % 3, (index + 1) % 3, (index + 2) % 3]]
+            pixels = (
+                rng.integers(0, 60, size=(size, size, 3))
+                + np.array([0, 90, 180])[[index % 3, (index + 1) % 3, (index + 2) % 3]]
+            )
             image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
             (image.convert("L") if mode == "L" else image).save(root / name / f"{i}.png")
     return root
@@ -269,7 +274,9 @@ def own_data_export(tmp_path_factory):
     document["search_space"]["families"] = ["resnet"]
     study_file = root / "project" / "own-photos.yaml"
     study_file.write_text(yaml.safe_dump(document, sort_keys=False))
-    result = autokd.search(study_file, runs_dir=root / "runs", reports_dir=None, log=lambda _: None, progress=False)
+    result = autokd.search(
+        study_file, runs_dir=root / "runs", reports_dir=None, log=lambda _: None, progress=False
+    )
     (trial,) = [t for t in result.records.trials if t.completed]
     export = autokd.export(result.run_dir, trial=trial.number)
     return root, export

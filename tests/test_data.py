@@ -62,7 +62,9 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
         load_splits("fashion_mnist")
 
 
-def test_a_data_dir_without_fashion_mnist_is_refused_not_replaced_by_debians(tmp_path, fake_fashion, monkeypatch):
+def test_a_data_dir_without_fashion_mnist_is_refused_not_replaced_by_debians(
+    tmp_path, fake_fashion, monkeypatch
+):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", fake_fashion)  # a copy elsewhere must not be used
     with pytest.raises(DatasetUnavailableError, match=r"not in data.data_dir = '.*empty'"):
         load_splits("fashion_mnist", data_dir=tmp_path / "empty")

@@ -19,7 +19,9 @@ def data_of(**fields):
 def test_an_image_folder_keeps_its_class_names_and_rgb_channels(tmp_path, write_image_folder):
     write_image_folder(tmp_path / "train")
     write_image_folder(tmp_path / "test", per_class=4)
-    splits = load_data(data_of(dataset="image_folder", train_dir=str(tmp_path / "train"), test_dir=str(tmp_path / "test")))
+    splits = load_data(
+        data_of(dataset="image_folder", train_dir=str(tmp_path / "train"), test_dir=str(tmp_path / "test"))
+    )
     assert splits.classes == ("cat", "dog", "eel") and splits.num_classes == 3
     assert splits.train_x.shape[1:] == (3, 32, 32) and len(splits.test_x) == 12
     assert len(splits.train_x) + len(splits.val_x) == 36
@@ -62,7 +64,9 @@ def test_images_of_several_sizes_are_resized_to_the_image_size(tmp_path, write_i
 def test_a_validation_folder_with_other_classes_is_one_line(tmp_path, write_image_folder):
     write_image_folder(tmp_path / "train")
     write_image_folder(tmp_path / "val", classes=("cat", "dog", "fox"))
-    section = data_of(dataset="image_folder", train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val"))
+    section = data_of(
+        dataset="image_folder", train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val")
+    )
     with pytest.raises(DataSourceError, match=r"data.val_dir.*missing: eel; not in train: fox"):
         load_data(section)
 
@@ -85,7 +89,9 @@ def test_folder_fields_belong_to_image_folder():
 def test_relative_data_paths_are_relative_to_the_study_file(tmp_path, monkeypatch, write_image_folder):
     write_image_folder(tmp_path / "project" / "images")
     study_file = tmp_path / "project" / "own.yaml"
-    study_file.write_text(yaml.safe_dump({"name": "own", "data": {"dataset": "image_folder", "train_dir": "images"}}))
+    study_file.write_text(
+        yaml.safe_dump({"name": "own", "data": {"dataset": "image_folder", "train_dir": "images"}})
+    )
     monkeypatch.chdir(tmp_path)  # somewhere else
     study = load_study_file("project/own.yaml")
     assert study.data.train_dir == str((tmp_path / "project" / "images").resolve())
@@ -124,11 +130,13 @@ def test_a_misspelt_torchvision_dataset_says_which_are_close(tmp_path):
 
 
 def test_a_torchvision_dataset_needs_a_root():
-    with pytest.raises(StudyFileError, match="field 'data.data_dir' is required with dataset 'torchvision:CIFAR10'"):
+    with pytest.raises(
+        StudyFileError, match="field 'data.data_dir' is required with dataset 'torchvision:CIFAR10'"
+    ):
         data_of(dataset="torchvision:CIFAR10")
 
 
-FACTORY = '''
+FACTORY = """
 import torch
 from torch.utils.data import TensorDataset
 
@@ -142,7 +150,7 @@ def make():
 
 def wrong():
     return [1, 2, 3, 4]
-'''
+"""
 
 
 def test_a_factory_file_returns_the_datasets(tmp_path):
@@ -167,7 +175,10 @@ def test_a_factory_without_that_function_is_one_line(tmp_path):
 def test_a_stated_mean_and_std_replace_the_computed_statistics(tmp_path, write_image_folder):
     write_image_folder(tmp_path / "train")
     section = data_of(
-        dataset="image_folder", train_dir=str(tmp_path / "train"), mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]
+        dataset="image_folder",
+        train_dir=str(tmp_path / "train"),
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
     )
     assert load_data(section).mean == (0.5, 0.5, 0.5)
 
@@ -189,15 +200,14 @@ def test_new_data_fields_leave_existing_teacher_keys_alone():
     # Both keys as autokd computed them before data.train_dir, factory, channels, mean and std existed.
     assert parse_study({"name": "a"}).teacher_key() == "0c9a7beffdce0f92"
     tiny = {"dataset": "digits", "image_size": 32}
-    assert parse_study({"name": "a", "data": tiny, "teacher": {"model": "resnet10t", "epochs": 3}}).teacher_key() == (
-        "b9cc6361a417b6b9"
-    )
+    assert parse_study(
+        {"name": "a", "data": tiny, "teacher": {"model": "resnet10t", "epochs": 3}}
+    ).teacher_key() == ("b9cc6361a417b6b9")
 
 
 def test_stated_normalisation_is_part_of_the_teachers_key():
     stated = parse_study({"name": "c", "data": {"mean": [0.3], "std": [0.3]}})
     assert stated.teacher_key() != parse_study({"name": "c"}).teacher_key()
-
 
 
 @pytest.mark.slow

@@ -30,7 +30,9 @@ def test_auto_is_the_cpu_without_a_gpu(no_gpu):
 
 
 def test_cuda_without_a_gpu_is_one_line(no_gpu):
-    with pytest.raises(DeviceError, match=r"field 'training.device' = 'cuda': torch sees no CUDA GPU.*use cpu or auto"):
+    with pytest.raises(
+        DeviceError, match=r"field 'training.device' = 'cuda': torch sees no CUDA GPU.*use cpu or auto"
+    ):
         resolve_device("cuda")
 
 
@@ -46,7 +48,9 @@ def test_mps_without_one_is_one_line(no_gpu):
 
 
 def test_an_unknown_device_is_refused_by_the_study_file():
-    with pytest.raises(StudyFileError, match=r"field 'training.device' = 'gpu': use auto, cpu, cuda, cuda:N or mps"):
+    with pytest.raises(
+        StudyFileError, match=r"field 'training.device' = 'gpu': use auto, cpu, cuda, cuda:N or mps"
+    ):
         parse_study({"name": "a", "training": {"device": "gpu"}})
 
 

@@ -11,7 +11,7 @@ from autokd.resources import prepare_resources
 from autokd.space import check_study
 from autokd.teacher import TeacherFileError
 
-MY_CNN = '''
+MY_CNN = """
 import torch
 from torch import nn
 
@@ -35,7 +35,7 @@ def make(num_classes, in_chans):
 
 def not_a_model():
     return "a string"
-'''
+"""
 
 
 @pytest.fixture
@@ -43,7 +43,12 @@ def own_teacher(tiny_study, tmp_path):
     (tmp_path / "my_teacher.py").write_text(MY_CNN)
     tiny_study["name"] = "own-teacher"
     tiny_study["data"]["train_subsample"] = 400
-    tiny_study["teacher"] = {"factory": f"{tmp_path / 'my_teacher.py'}:make", "epochs": 6, "batch_size": 32, "lr": 0.01}
+    tiny_study["teacher"] = {
+        "factory": f"{tmp_path / 'my_teacher.py'}:make",
+        "epochs": 6,
+        "batch_size": 32,
+        "lr": 0.01,
+    }
     tiny_study["search_space"]["families"] = ["resnet"]
     tiny_study["budget"]["trials"] = 1
     return tiny_study
@@ -69,13 +74,17 @@ def test_feature_nodes_give_a_factory_teacher_timms_feature_interface(own_teache
 
 def test_a_feature_method_without_feature_nodes_is_refused_at_load(own_teacher):
     own_teacher["search_space"]["methods"] = ["hinton_kd", "fitnets"]
-    with pytest.raises(StudyFileError, match=r"fitnets read\(s\) the teacher's features.*teacher.feature_nodes"):
+    with pytest.raises(
+        StudyFileError, match=r"fitnets read\(s\) the teacher's features.*teacher.feature_nodes"
+    ):
         check_study(parse_study(own_teacher))
 
 
 def test_an_unknown_feature_node_says_which_are_close(own_teacher, tmp_path):
     own_teacher["teacher"]["feature_nodes"] = ["block_2"]
-    with pytest.raises(TeacherFileError, match=r"node 'block_2' is not in the model's graph; close matches: block2"):
+    with pytest.raises(
+        TeacherFileError, match=r"node 'block_2' is not in the model's graph; close matches: block2"
+    ):
         prepare_resources(parse_study(own_teacher), runs_root=tmp_path / "runs", log=lambda _: None)
 
 
@@ -86,7 +95,9 @@ def test_a_factory_returning_no_model_is_one_line(own_teacher, tmp_path):
 
 
 def test_feature_nodes_belong_to_a_factory_teacher():
-    with pytest.raises(StudyFileError, match="field 'teacher.feature_nodes' belongs to a teacher.factory model"):
+    with pytest.raises(
+        StudyFileError, match="field 'teacher.feature_nodes' belongs to a teacher.factory model"
+    ):
         parse_study({"name": "a", "teacher": {"model": "resnet18", "feature_nodes": ["layer1"]}})
 
 
@@ -98,7 +109,9 @@ def test_a_search_distils_a_factory_teacher(own_teacher, tmp_path, method):
     own_teacher["teacher"]["feature_nodes"] = ["block1", "block2", "block3"]
     own_teacher["search_space"]["methods"] = [method]
     own_teacher["search_space"].pop("method_params")
-    result = autokd.search(own_teacher, runs_dir=tmp_path / "runs", reports_dir=None, log=lambda _: None, progress=False)
+    result = autokd.search(
+        own_teacher, runs_dir=tmp_path / "runs", reports_dir=None, log=lambda _: None, progress=False
+    )
     (trial,) = [t for t in result.records.trials if t.completed]
     assert tuple(trial.config["methods"]) == (method,)
     assert trial.result.compression > 0

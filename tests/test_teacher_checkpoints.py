@@ -50,7 +50,9 @@ def _teacher_with(study, data, tmp_path, payload, name="teacher.pt"):
         pytest.param(lambda w: {"state_dict": w, "epoch": 3, "optimizer_states": [{}]}, id="lightning-style"),
         pytest.param(lambda w: {"model": w, "optimizer": {}, "epoch": 90}, id="model-wrapper"),
         pytest.param(lambda w: {f"module.{k}": v for k, v in w.items()}, id="ddp-prefix"),
-        pytest.param(lambda w: {"state_dict": {f"model.{k}": v for k, v in w.items()}}, id="lightning-attribute"),
+        pytest.param(
+            lambda w: {"state_dict": {f"model.{k}": v for k, v in w.items()}}, id="lightning-attribute"
+        ),
     ],
 )
 def test_a_checkpoint_format_loads_the_same_weights(study, data, tmp_path, weights, wrap):
@@ -59,7 +61,9 @@ def test_a_checkpoint_format_loads_the_same_weights(study, data, tmp_path, weigh
 
 
 def test_a_safetensors_checkpoint_loads_the_same_weights(study, data, tmp_path, weights):
-    loaded = _teacher_with(study, data, tmp_path, {k: v.contiguous() for k, v in weights.items()}, "t.safetensors")
+    loaded = _teacher_with(
+        study, data, tmp_path, {k: v.contiguous() for k, v in weights.items()}, "t.safetensors"
+    )
     assert all(torch.equal(loaded[k], v) for k, v in weights.items())
 
 
@@ -75,7 +79,9 @@ def test_a_checkpoint_of_another_model_names_the_first_keys(study, data, tmp_pat
     path = tmp_path / "other.pt"
     torch.save(timm.create_model("resnet18", num_classes=10, in_chans=1).state_dict(), path)
     study["teacher"]["checkpoint"] = str(path)
-    with pytest.raises(TeacherFileError, match=r"missing: conv1\.0\.weight, .* and 25 more; unexpected: conv1\.weight"):
+    with pytest.raises(
+        TeacherFileError, match=r"missing: conv1\.0\.weight, .* and 25 more; unexpected: conv1\.weight"
+    ):
         check_checkpoint(parse_study(study), data)
 
 
@@ -104,7 +110,9 @@ def test_a_relative_checkpoint_is_found_next_to_the_study_file(study, tmp_path, 
     path = write_study(tmp_path / "project", study)
     from autokd.config import load_study_file
 
-    assert load_study_file(path).teacher.checkpoint == str((tmp_path / "project" / "weights" / "teacher.pt").resolve())
+    assert load_study_file(path).teacher.checkpoint == str(
+        (tmp_path / "project" / "weights" / "teacher.pt").resolve()
+    )
 
 
 def test_a_missing_checkpoint_is_one_line_with_exit_code_2(study, tmp_path, write_study, capsys):

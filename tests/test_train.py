@@ -194,4 +194,4 @@ def test_a_run_of_a_few_steps_trains(images):
     x, y = torch.randn(images, 1, 4, 4), torch.arange(images) % 3
     before = [p.detach().clone() for p in model.parameters()]
     train(model, x, y, TrainSettings(epochs=1, batch_size=2))
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -201,7 +201,12 @@ def load_splits(
     provider = DATASETS.get(name)
     raw = provider(Path(data_dir) if data_dir else None, download)
     return split_and_normalise(
-        raw, name=name, train_subsample=train_subsample, val_fraction=val_fraction, image_size=image_size, seed=seed
+        raw,
+        name=name,
+        train_subsample=train_subsample,
+        val_fraction=val_fraction,
+        image_size=image_size,
+        seed=seed,
     )
 
 

@@ -130,8 +130,14 @@ def load_image_folder(section) -> RawDataset:
     if section.test_dir:
         test = _image_folder_split(section.test_dir, "test_dir", section, classes)
     return RawDataset(
-        train_x, train_y, test[0], test[1], num_classes=len(classes), classes=classes,
-        val_images=val[0], val_labels=val[1],
+        train_x,
+        train_y,
+        test[0],
+        test[1],
+        num_classes=len(classes),
+        classes=classes,
+        val_images=val[0],
+        val_labels=val[1],
     )
 
 
@@ -190,7 +196,7 @@ def load_factory(section) -> RawDataset:
     spec = section.factory
     returned = load_callable(spec, "data.factory", DataSourceError)()
     if isinstance(returned, tuple | list) and len(returned) in (1, 2, 3):
-        returned = dict(zip(("train", "test", "val"), returned))
+        returned = dict(zip(("train", "test", "val"), returned, strict=False))
     if not isinstance(returned, dict) or not isinstance(returned.get("train"), Dataset):
         raise DataSourceError(
             f"field 'data.factory' = {spec!r}: returned {type(returned).__name__}; return a dict "
@@ -198,7 +204,9 @@ def load_factory(section) -> RawDataset:
         )
     unknown = set(returned) - {"train", "test", "val"}
     if unknown:
-        raise DataSourceError(f"field 'data.factory' = {spec!r}: unknown split(s) {', '.join(sorted(unknown))}")
+        raise DataSourceError(
+            f"field 'data.factory' = {spec!r}: unknown split(s) {', '.join(sorted(unknown))}"
+        )
     transform = image_transform(section.image_size, section.channels)
     arrays = {
         split: materialise(dataset, transform, f"field 'data.factory' = {spec!r} ({split})")
@@ -209,13 +217,20 @@ def load_factory(section) -> RawDataset:
     classes = tuple(str(c) for c in getattr(train, "classes", ()) or ())
     labels = np.concatenate([y for _, y in arrays.values()])
     if labels.min() < 0:
-        raise DataSourceError(f"field 'data.factory' = {spec!r}: labels must be 0, 1, ...; got {labels.min()}")
+        raise DataSourceError(
+            f"field 'data.factory' = {spec!r}: labels must be 0, 1, ...; got {labels.min()}"
+        )
     num_classes = len(classes) or int(labels.max()) + 1
     test = arrays.get("test", (None, None))
     val = arrays.get("val", (None, None))
     return RawDataset(
-        *arrays["train"], test[0], test[1], num_classes=num_classes, classes=classes,
-        val_images=val[0], val_labels=val[1],
+        *arrays["train"],
+        test[0],
+        test[1],
+        num_classes=num_classes,
+        classes=classes,
+        val_images=val[0],
+        val_labels=val[1],
     )
 
 

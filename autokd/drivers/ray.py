@@ -28,12 +28,12 @@ from optuna.trial import TrialState
 from autokd.budget import Budget, StopReason
 from autokd.config import Study
 from autokd.data import DataSplits
+from autokd.devices import resolve_device
 from autokd.drivers import BackendUnavailableError
 from autokd.drivers.optuna import DriverOutcome
 from autokd.measure import machine_latency_lock
 from autokd.record import EarlyStop
 from autokd.registry import load_extension_files
-from autokd.devices import resolve_device
 from autokd.resources import load_extensions, prepare_resources, quiet_optuna, torch_threads
 from autokd.runner import (
     Outcome,
