@@ -353,7 +353,7 @@ def predict_images(directory: str | Path, images, *, trust: bool = False) -> lis
         raise ExportError(f"{directory} is not an export folder ({MODEL_CARD} not found)")
     card = _read_card(card_path)
     model = load(directory, trust=trust)
-    paths = image_files(images) if isinstance(images, list | tuple) and not hasattr(images, "shape") else None
+    paths = image_files(images) if isinstance(images, list | tuple) else None
     x = preprocess(paths if paths is not None else images, card)
     probabilities = torch.softmax(torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)]), dim=1)
     classes = card["output"].get("classes") or []
