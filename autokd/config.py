@@ -66,6 +66,9 @@ class DataSection(_Section):
     Without a test split, a stratified ``test_fraction`` of the training data is held out.
     ``mean``/``std`` (one value per channel, the teacher's own preprocessing) replace the statistics
     otherwise computed from the training split; ``channels`` converts images to grey (1) or RGB (3).
+    ``in_memory`` (``auto``): the images of ``image_folder``, ``torchvision:NAME`` and ``factory`` are
+    held in memory when they take at most ``in_memory_max_gb`` as float32 at ``image_size``, and are
+    otherwise streamed from disk by ``loader_workers`` DataLoader workers; ``true``/``false`` decide.
     """
 
     dataset: str = "fashion_mnist"
@@ -82,9 +85,18 @@ class DataSection(_Section):
     channels: Literal[1, 3] | None = None
     mean: Annotated[list[float], Field(min_length=1, max_length=4)] | None = None
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=4)] | None = None
+    in_memory: Literal["auto"] | StrictBool = "auto"
+    in_memory_max_gb: Annotated[float, Field(gt=0)] = 4.0
+    loader_workers: Annotated[int, Strict(), Field(ge=0, le=64)] | None = None
 
     @model_validator(mode="after")
     def _source_fields(self) -> DataSection:
+        streamable = self.dataset in (IMAGE_FOLDER, FACTORY) or self.dataset.startswith(TORCHVISION_PREFIX)
+        if self.in_memory is False and not streamable:
+            raise ValueError(
+                f"field 'data.in_memory' = false: dataset {self.dataset!r} is read into memory by its "
+                "provider; image_folder, torchvision:NAME and factory can stream from disk"
+            )
         folder_fields = [f for f in ("train_dir", "val_dir", "test_dir") if getattr(self, f) is not None]
         if self.dataset == IMAGE_FOLDER and self.train_dir is None:
             raise ValueError(
@@ -482,7 +494,10 @@ def _teacher_identity(teacher: TeacherSection) -> dict:
 
 
 def _data_identity(data: DataSection) -> dict:
-    identity = data.model_dump(exclude={"data_dir", "download"})
+    # Where the images live (memory or disk) and who reads them change nothing they hold.
+    identity = data.model_dump(
+        exclude={"data_dir", "download", "in_memory", "in_memory_max_gb", "loader_workers"}
+    )
     for field in _LATER_DATA_FIELDS:
         if identity[field] == DataSection.model_fields[field].default:
             del identity[field]

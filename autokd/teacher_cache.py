@@ -34,6 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from autokd.augment import CropFlip
+from autokd.data.stream import StreamedImages, batches
+from autokd.devices import device_of
 from autokd.features import forward_with_features
 from autokd.storage import file_sha256
 
@@ -54,9 +56,8 @@ class TeacherOutputs:
     def num_views(self) -> int:
         return 1 if self.views is None else int(self.views.shape[0])
 
-    def inputs(self, train_x: torch.Tensor, idx: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        """The images the student (and teacher) see for samples ``idx`` in views ``view``."""
-        x = train_x[idx]
+    def view(self, x: torch.Tensor, idx: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """The images the student (and teacher) see for the batch ``x`` (samples ``idx``) in views ``view``."""
         if self.augmentation is None or self.views is None:
             return x
         return self.augmentation.apply(x, self.views[view, idx])
@@ -100,17 +101,17 @@ def cache_key(teacher_key: str, augmentation: CropFlip | None, views: int, stage
 
 
 def _stage_bytes(
-    model: nn.Module, x: torch.Tensor, stages: Sequence[int], n: int, views: int
+    model: nn.Module, x: torch.Tensor | StreamedImages, stages: Sequence[int], n: int, views: int
 ) -> dict[int, int]:
     with torch.no_grad():
         model.eval()
-        _, feats = forward_with_features(model, x[:1], sorted(stages))
+        _, feats = forward_with_features(model, x[:1].to(device_of(model)), sorted(stages))
     return {s: f[0].numel() * 2 * n * views for s, f in zip(sorted(stages), feats, strict=True)}
 
 
 def build_teacher_outputs(
     model: nn.Module,
-    train_x: torch.Tensor,
+    train_x: torch.Tensor | StreamedImages,
     teacher_dir: Path,
     teacher_key: str,
     *,
@@ -226,7 +227,7 @@ def _written_whole(directory: Path) -> Iterator[Path]:
 @torch.no_grad()
 def _compute(
     model: nn.Module,
-    train_x: torch.Tensor,
+    train_x: torch.Tensor | StreamedImages,
     directory: Path,
     view_params: torch.Tensor | None,
     augmentation: CropFlip | None,
@@ -244,18 +245,19 @@ def _compute(
         logits = None
         features: dict[int, np.ndarray] = {}
         for v in range(views):
-            batches = tqdm(
-                range(0, n, batch_size),
+            progress = tqdm(
+                batches(train_x, batch_size),
+                total=-(-n // batch_size),
                 desc=f"teacher cache, view {v + 1}/{views}",
                 unit="batch",
                 leave=False,
                 disable=None,  # a bar on a terminal only
             )
-            for start in batches:
-                idx = torch.arange(start, min(n, start + batch_size))
-                x = train_x[idx]
+            for idx, x in progress:
+                start = int(idx[0])
                 if augmentation is not None and view_params is not None:
                     x = augmentation.apply(x, view_params[v, idx])
+                x = x.to(device_of(model))
                 out, feats = forward_with_features(model, x, sorted(stages))
                 if logits is None:
                     shapes = {"logits.npy": (np.float32, (views, n, out.shape[1]))}

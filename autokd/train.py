@@ -4,7 +4,8 @@ The loss of a batch is the convex form users know from the papers,
 ``(1 − distillation_share) · CE + distillation_share · Σ_i weight_i · loss_i``, over the given
 distillation methods, whose weights sum to 1; with no methods it is plain cross-entropy. Temperatures
 and other settings of a method are its own hyperparameters (``self.temperature``), not the trainer's.
-Data are in-memory tensors; a batch is an index slice (no DataLoader workers). Teacher outputs come
+Data are in-memory tensors (a batch is an index slice) or streamed images (a batch is read by
+DataLoader workers, in the same order: :func:`autokd.data.batches`). Teacher outputs come
 from the teacher-output cache (computed once per study) or, where it does not hold them, live.
 Each method receives exactly the stages it asked for, in its own order.
 """
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autokd.augment import CropFlip
+from autokd.data.stream import StreamedImages, batches, chunked
 from autokd.devices import amp_dtype, autocast, device_of
 from autokd.features import feature_stage_indices, forward_with_features
 from autokd.methods import DistillInputs, Method
@@ -89,23 +91,25 @@ def distillation_loss(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+def evaluate(
+    model: nn.Module, x: torch.Tensor | StreamedImages, y: torch.Tensor, batch_size: int = 512
+) -> float:
     """Top-1 accuracy of ``model`` on (x, y)."""
     model.eval()
     device = device_of(model)
     correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size].to(device)).cpu()
-        correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
+    for idx, images in batches(x, batch_size):
+        logits = model(images.to(device)).cpu()
+        correct += int((logits.argmax(1) == y[idx]).sum())
     return correct / max(1, len(x))
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: torch.Tensor | StreamedImages, batch_size: int = 512) -> torch.Tensor:
     """Logits of ``model`` for every row of ``x`` (in eval mode)."""
     model.eval()
     device = device_of(model)
-    return torch.cat([model(x[s : s + batch_size].to(device)).cpu() for s in range(0, len(x), batch_size)])
+    return torch.cat([model(images.to(device)).cpu() for _, images in batches(x, batch_size)])
 
 
 def _method_loss(entry: WeightedMethod, inputs: DistillInputs) -> torch.Tensor:
@@ -123,7 +127,7 @@ def _method_loss(entry: WeightedMethod, inputs: DistillInputs) -> torch.Tensor:
 
 def train(
     model: nn.Module,
-    train_x: torch.Tensor,
+    train_x: torch.Tensor | StreamedImages,
     train_y: torch.Tensor,
     settings: TrainSettings,
     *,
@@ -183,17 +187,14 @@ def train(
         for entry in methods:
             entry.method.train()
         order = torch.randperm(len(train_x), generator=generator)
-        for start in range(0, len(order), settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
-                continue
+        # BatchNorm cannot train on a batch of one: such a last batch is left out
+        chunks = [idx for idx in order.split(settings.batch_size) if len(idx) >= 2]
+        for idx, x in chunked(train_x, chunks):
             if teacher is not None:
                 view = torch.randint(0, teacher.num_views, (len(idx),), generator=generator)
-                x = teacher.inputs(train_x, idx, view)
+                x = teacher.view(x, idx, view)
             elif augmentation is not None:
-                x = augmentation.apply(train_x[idx], augmentation.sample(len(idx), generator))
-            else:
-                x = train_x[idx]
+                x = augmentation.apply(x, augmentation.sample(len(idx), generator))
             x, y = x.to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
             teacher_logits, teacher_by_stage = (
                 teacher.lookup(x, idx, view, all_teacher_stages) if needs_teacher else (None, {})

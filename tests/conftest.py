@@ -260,7 +260,8 @@ def write_image_folder():
 
 @pytest.fixture(scope="session")
 def own_data_export(tmp_path_factory):
-    """A study on an RGB ImageFolder searched from its study file (relative paths), one trial exported."""
+    """A study on an RGB ImageFolder (streamed) searched from its study file (relative paths), one trial
+    exported."""
     import autokd
 
     root = tmp_path_factory.mktemp("own")
@@ -268,7 +269,14 @@ def own_data_export(tmp_path_factory):
     _write_image_folder(root / "project" / "photos" / "test", per_class=6)
     document = copy.deepcopy(TINY_STUDY)
     document["name"] = "own-photos"
-    document["data"] = {"dataset": "image_folder", "train_dir": "photos/train", "test_dir": "photos/test"}
+    # Streamed from disk (as data too large for memory are), so search, export and predict cover that path.
+    document["data"] = {
+        "dataset": "image_folder",
+        "train_dir": "photos/train",
+        "test_dir": "photos/test",
+        "in_memory": False,
+        "loader_workers": 1,
+    }
     document["teacher"]["epochs"] = 2
     document["budget"]["trials"] = 1
     document["search_space"]["families"] = ["resnet"]

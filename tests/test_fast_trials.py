@@ -53,7 +53,7 @@ def test_cached_logits_equal_the_teacher_on_the_same_view(teacher, images, tmp_p
     aug = CropFlip(padding=2)
     outputs = build_teacher_outputs(teacher, images, tmp_path, "t", augmentation=aug, views=3, log=quiet)
     idx, view = torch.tensor([0, 7, 39]), torch.tensor([2, 0, 1])
-    x = outputs.inputs(images, idx, view)
+    x = outputs.view(images[idx], idx, view)
     logits, _ = outputs.lookup(x, idx, view, [])
     with torch.no_grad():
         assert torch.allclose(logits, teacher(x), atol=1e-4)

@@ -1,4 +1,4 @@
-"""Datasets, served as in-memory tensors.
+"""Datasets, served as in-memory tensors or, where they do not fit, streamed from disk.
 
 Where the images come from (:func:`load_data`, from a study's ``data`` section):
 
@@ -12,7 +12,9 @@ Each gives train and (usually) test images with values in [0, 1]. :func:`split_a
 subsamples train, holds out a stratified test split when there is none, carves the validation
 split from train (for model selection and early stopping; the test split is only used for final
 numbers), normalises per channel (the training split's statistics unless the study states the
-teacher's), resizes, and returns tensors.
+teacher's), resizes, and returns tensors; images too large for memory stay on disk as
+:class:`~autokd.data.stream.StreamedImages` (same splits, same normalisation, read by DataLoader
+workers), which training, evaluation and the teacher cache read through :func:`batches`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autokd.data.stream import StreamedImages, batches, chunked
 from autokd.registry import Registry
+
+__all__ = [
+    "DATASETS",
+    "DataSplits",
+    "DatasetUnavailableError",
+    "RawDataset",
+    "StreamedImages",
+    "batches",
+    "channel_statistics",
+    "chunked",
+    "load_data",
+    "load_splits",
+    "register_dataset",
+    "split_and_normalise",
+]
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -34,31 +52,34 @@ class DatasetUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class RawDataset:
-    """What a provider returns: images as (N, C, H, W) arrays with values in [0, 1], integer labels.
+    """What a provider returns: images as (N, C, H, W) arrays with values in [0, 1] (or the same as
+    :class:`StreamedImages`, left on disk), integer labels.
 
     ``test_images`` may be None (no test split: one is held out); ``val_images`` is a validation split
     of the data's own (else one is carved from train); ``classes`` the class names, if known.
     """
 
-    train_images: np.ndarray
+    train_images: np.ndarray | StreamedImages
     train_labels: np.ndarray
-    test_images: np.ndarray | None
+    test_images: np.ndarray | StreamedImages | None
     test_labels: np.ndarray | None
     num_classes: int
     classes: tuple[str, ...] = ()
-    val_images: np.ndarray | None = None
+    val_images: np.ndarray | StreamedImages | None = None
     val_labels: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
 class DataSplits:
-    """Normalised tensors for the three splits; the test split is only for the final numbers."""
+    """Normalised images for the three splits (tensors, or :class:`StreamedImages` read batch by batch)
+    and their labels (tensors); the test split is only for the final numbers."""
 
-    train_x: torch.Tensor
+    train_x: torch.Tensor | StreamedImages
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: torch.Tensor | StreamedImages
     val_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | StreamedImages
     test_y: torch.Tensor
     num_classes: int
     mean: tuple[float, ...] = ()  # per channel, applied to [0, 1] pixels: (x - mean) / std
@@ -84,7 +105,11 @@ def register_dataset(name: str) -> Callable[[DatasetProvider], DatasetProvider]:
     return DATASETS.register(name)
 
 
-def _to_tensor(images: np.ndarray, mean: np.ndarray, std: np.ndarray, image_size: int) -> torch.Tensor:
+def _to_tensor(images, mean: np.ndarray, std: np.ndarray, image_size: int) -> torch.Tensor | StreamedImages:
+    if isinstance(images, StreamedImages):  # resized by its source's transform already
+        from torchvision.transforms import v2
+
+        return images.then(v2.Normalize(mean.tolist(), std.tolist()))
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     x = (x - torch.from_numpy(mean).view(1, -1, 1, 1)) / torch.from_numpy(std).view(1, -1, 1, 1)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
@@ -92,11 +117,21 @@ def _to_tensor(images: np.ndarray, mean: np.ndarray, std: np.ndarray, image_size
     return x.contiguous()
 
 
-def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of (N, C, H, W) images (a zero deviation becomes 1)."""
+def channel_statistics(images: np.ndarray | StreamedImages) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of (N, C, H, W) images (a zero deviation becomes 1);
+    streamed images in one pass over them."""
+    if isinstance(images, StreamedImages):
+        from autokd.data.stream import channel_statistics as streamed_statistics
+
+        return streamed_statistics(images)
     mean = images.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
     std = images.std(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
     return mean, np.where(std > 0, std, 1.0).astype(np.float32)
+
+
+def _take(images: np.ndarray | StreamedImages, idx: np.ndarray):
+    """The images at ``idx``: a copy of an array, a (lazy) subset of streamed images."""
+    return images.subset(idx) if isinstance(images, StreamedImages) else images[idx]
 
 
 def split_and_normalise(
@@ -114,7 +149,7 @@ def split_and_normalise(
     """Subsample, split, normalise and resize ``raw`` (see the module docstring)."""
     from sklearn.model_selection import train_test_split
 
-    notes = []
+    notes = list(raw.notes)
     train_images, train_labels = raw.train_images, np.asarray(raw.train_labels)
     test_images, test_labels = raw.test_images, raw.test_labels
     if test_images is None:
@@ -124,8 +159,8 @@ def split_and_normalise(
             np.arange(len(train_labels)), test_size=test_fraction, random_state=seed, stratify=stratify
         )
         train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-        test_images, test_labels = train_images[test_idx], train_labels[test_idx]
-        train_images, train_labels = train_images[train_idx], train_labels[train_idx]
+        test_images, test_labels = _take(train_images, test_idx), train_labels[test_idx]
+        train_images, train_labels = _take(train_images, train_idx), train_labels[train_idx]
         notes.append(
             f"no test split: {len(test_idx)} images ({test_fraction:.0%}{', stratified by class' if stratify is not None else ''}) "
             "held out of the training images as the test split"
@@ -140,7 +175,7 @@ def split_and_normalise(
     else:
         n_val = max(1, int(round(len(order) * val_fraction)))
         val_idx, train_idx = order[:n_val], order[n_val:]
-        val_images, val_labels = train_images[val_idx], train_labels[val_idx]
+        val_images, val_labels = _take(train_images, val_idx), train_labels[val_idx]
     if len(train_idx) < raw.num_classes:
         from autokd.config import StudyFileError
 
@@ -150,7 +185,7 @@ def split_and_normalise(
             f"{what}: leaves {len(train_idx)} training image(s) after the validation split (val_fraction "
             f"{val_fraction:g}); {name} has {raw.num_classes} classes: use at least {need}"
         )
-    train_part = train_images[train_idx]
+    train_part = _take(train_images, train_idx)
     channels = train_part.shape[1]
     if mean is not None:
         if len(mean) != channels:

@@ -1,15 +1,20 @@
 """The user's own images: an ImageFolder, a torchvision dataset by name, or a factory of Datasets.
 
-Each is read once through torchvision (``ImageFolder``, the ``torchvision.datasets`` classes) with a
-``transforms.v2`` pipeline (channel conversion, resize to the study's ``image_size``, [0, 1] floats)
-and a ``DataLoader``, and held in memory as :class:`~autokd.data.RawDataset` arrays; normalisation
-and splitting are :func:`autokd.data.split_and_normalise`'s.
+Each is read through torchvision (``ImageFolder``, the ``torchvision.datasets`` classes) with a
+``transforms.v2`` pipeline (channel conversion, resize to the study's ``image_size``, [0, 1] floats).
+Where all splits fit under ``data.in_memory_max_gb`` (as float32 at the study's size) they are read
+once through a ``DataLoader`` and held in memory as arrays; otherwise (or with ``in_memory: false``)
+they stay on disk as :class:`~autokd.data.stream.StreamedImages`, read batch by batch by DataLoader
+workers (:func:`stream_or_load`). Normalisation and splitting are
+:func:`autokd.data.split_and_normalise`'s either way.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from autokd.config import StudyFileError
 from autokd.data import DATASETS, DatasetUnavailableError, RawDataset
+from autokd.data.stream import StreamedImages
 from autokd.registry import load_callable
 
 LOAD_BATCH = 256
@@ -75,6 +81,67 @@ def materialise(dataset: Dataset, transform, what: str) -> tuple[np.ndarray, np.
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
+def default_loader_workers() -> int:
+    """DataLoader workers when the study does not say: half the cores (training uses the rest), 1 to 4."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _labels_of(dataset: Dataset) -> np.ndarray:
+    """The labels of ``dataset`` without decoding its images where it lists them (``targets``/``labels``,
+    as torchvision's datasets do); otherwise read item by item."""
+    for attribute in ("targets", "labels"):
+        labels = getattr(dataset, attribute, None)
+        if labels is not None and len(labels) == len(dataset):  # type: ignore[arg-type]
+            return np.asarray(labels, dtype=np.int64).reshape(-1)
+    return np.fromiter((int(dataset[i][1]) for i in range(len(dataset))), dtype=np.int64)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a source before it is read: the Dataset, its transform, and how errors name it."""
+
+    dataset: Dataset
+    transform: object
+    what: str
+
+
+def stream_or_load(section, splits: dict[str, Split]) -> tuple[dict[str, tuple], str | None]:
+    """Each split's (images, labels): in memory, or streamed when the splits together would take more
+    than ``data.in_memory_max_gb`` as float32 (or ``data.in_memory: false``); and a note saying why
+    they stream (None in memory)."""
+    for split in splits.values():
+        if len(split.dataset) == 0:  # type: ignore[arg-type]
+            raise DataSourceError(f"{split.what}: holds no images")
+    train = splits["train"]
+    try:
+        shape = tuple(train.transform(train.dataset[0][0]).shape)
+    except (TypeError, ValueError, OSError) as exc:
+        raise DataSourceError(f"{train.what}: its first image cannot be read ({exc})") from None
+    images = sum(len(s.dataset) for s in splits.values())  # type: ignore[arg-type]
+    needed = images * int(np.prod(shape)) * 4
+    limit = section.in_memory_max_gb * 1e9
+    stream = section.in_memory is False or (section.in_memory == "auto" and needed > limit)
+    if not stream:
+        return {name: materialise(s.dataset, s.transform, s.what) for name, s in splits.items()}, None
+    workers = section.loader_workers if section.loader_workers is not None else default_loader_workers()
+    out = {
+        name: (
+            StreamedImages(s.dataset, s.transform, workers=workers, item_shape=shape),
+            _labels_of(s.dataset),
+        )
+        for name, s in splits.items()
+    }
+    why = (
+        "data.in_memory is false"
+        if section.in_memory is False
+        else f"{needed / 1e9:.1f} GB as float32 is over data.in_memory_max_gb = {section.in_memory_max_gb:g}"
+    )
+    return out, (
+        f"streamed from disk ({why}): {images} images read batch by batch by {workers} DataLoader "
+        f"worker(s) each epoch"
+    )
+
+
 def _channels_of(section, default: int | None) -> int | None:
     return section.channels if section.channels is not None else default
 
@@ -117,27 +184,39 @@ def _image_folder_split(directory: str, field: str, section, classes: Sequence[s
         )
     # Grey if the first image is grey, else RGB (every image is converted to that); data.channels decides.
     transform = image_transform(section.image_size, _channels_of(section, _first_image_channels(folder)))
-    images, labels = materialise(folder, transform, f"field 'data.{field}' = {directory!r}")
-    return images, labels, tuple(folder.classes)
+    return Split(folder, transform, f"field 'data.{field}' = {directory!r}"), tuple(folder.classes)
 
 
 def load_image_folder(section) -> RawDataset:
     """``train_dir`` (and ``val_dir``/``test_dir``) in torchvision's ImageFolder layout."""
-    train_x, train_y, classes = _image_folder_split(section.train_dir, "train_dir", section, None)
-    val = test = (None, None, None)
-    if section.val_dir:
-        val = _image_folder_split(section.val_dir, "val_dir", section, classes)
-    if section.test_dir:
-        test = _image_folder_split(section.test_dir, "test_dir", section, classes)
+    train, classes = _image_folder_split(section.train_dir, "train_dir", section, None)
+    splits = {"train": train}
+    for name in ("val", "test"):
+        directory = getattr(section, f"{name}_dir")
+        if directory:
+            splits[name] = _image_folder_split(directory, f"{name}_dir", section, classes)[0]
+    return _raw(section, splits, len(classes), classes)
+
+
+def _raw(section, splits: dict[str, Split], num_classes: int | None, classes: tuple[str, ...]) -> RawDataset:
+    """The RawDataset of ``splits`` (in memory or streamed); ``num_classes`` None: from the labels."""
+    arrays, note = stream_or_load(section, splits)
+    if num_classes is None:
+        labels = np.concatenate([y for _, y in arrays.values()])
+        if labels.min() < 0:
+            raise DataSourceError(f"{splits['train'].what}: labels must be 0, 1, ...; got {labels.min()}")
+        num_classes = len(classes) or int(labels.max()) + 1
+    test = arrays.get("test", (None, None))
+    val = arrays.get("val", (None, None))
     return RawDataset(
-        train_x,
-        train_y,
+        *arrays["train"],
         test[0],
         test[1],
-        num_classes=len(classes),
+        num_classes=num_classes,
         classes=classes,
         val_images=val[0],
         val_labels=val[1],
+        notes=(note,) if note else (),
     )
 
 
@@ -181,13 +260,11 @@ def load_torchvision(section) -> RawDataset:
     grey = getattr(splits[True], "data", None)
     default_channels = 1 if getattr(grey, "ndim", 0) == 3 else None  # MNIST-style (N, H, W) tensors
     transform = image_transform(section.image_size, _channels_of(section, default_channels))
-    train_x, train_y = materialise(splits[True], transform, section.dataset + " (train)")
-    test_x = test_y = None
+    parts = {"train": Split(splits[True], transform, section.dataset + " (train)")}
     if False in splits:
-        test_x, test_y = materialise(splits[False], transform, section.dataset + " (test)")
+        parts["test"] = Split(splits[False], transform, section.dataset + " (test)")
     classes = tuple(str(c) for c in getattr(splits[True], "classes", ()) or ())
-    num_classes = len(classes) or int(train_y.max()) + 1
-    return RawDataset(train_x, train_y, test_x, test_y, num_classes=num_classes, classes=classes)
+    return _raw(section, parts, len(classes) or None, classes)
 
 
 def load_factory(section) -> RawDataset:
@@ -208,30 +285,13 @@ def load_factory(section) -> RawDataset:
             f"field 'data.factory' = {spec!r}: unknown split(s) {', '.join(sorted(unknown))}"
         )
     transform = image_transform(section.image_size, section.channels)
-    arrays = {
-        split: materialise(dataset, transform, f"field 'data.factory' = {spec!r} ({split})")
+    parts = {
+        split: Split(dataset, transform, f"field 'data.factory' = {spec!r} ({split})")
         for split, dataset in returned.items()
         if dataset is not None
     }
-    train = returned["train"]
-    classes = tuple(str(c) for c in getattr(train, "classes", ()) or ())
-    labels = np.concatenate([y for _, y in arrays.values()])
-    if labels.min() < 0:
-        raise DataSourceError(
-            f"field 'data.factory' = {spec!r}: labels must be 0, 1, ...; got {labels.min()}"
-        )
-    num_classes = len(classes) or int(labels.max()) + 1
-    test = arrays.get("test", (None, None))
-    val = arrays.get("val", (None, None))
-    return RawDataset(
-        *arrays["train"],
-        test[0],
-        test[1],
-        num_classes=num_classes,
-        classes=classes,
-        val_images=val[0],
-        val_labels=val[1],
-    )
+    classes = tuple(str(c) for c in getattr(returned["train"], "classes", ()) or ())
+    return _raw(section, parts, None, classes)
 
 
 def load_raw(section) -> RawDataset:

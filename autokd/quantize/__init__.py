@@ -172,8 +172,10 @@ def calibration_batches(images: torch.Tensor, batch_size: int, count: int) -> li
 
 @torch.no_grad()
 def predict(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 256):
-    """Logits of a deployed model (or any callable) for every row of ``images``."""
-    return torch.cat([model(images[s : s + batch_size]) for s in range(0, len(images), batch_size)])
+    """Logits of a deployed model (or any callable) for every row of ``images`` (a tensor, or streamed)."""
+    from autokd.data.stream import batches
+
+    return torch.cat([model(x) for _, x in batches(images, batch_size)])
 
 
 def top1(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> float:
