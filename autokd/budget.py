@@ -2,7 +2,9 @@
 
 The budget counts completed trials only: a pruned, skipped or failed trial frees its place. A trial
 starts only while completed plus running trials stay below the budget, and none starts after the
-deadline or after ``max_consecutive_failures`` failed trials in a row (running ones finish).
+deadline or after ``max_consecutive_failures`` failed trials in a row (running ones finish), nor after
+``MAX_CONSECUTIVE_SKIPS`` sampled students in a row were skipped before training (over the study's
+size or latency budget, or unable to extend the front): the space has nothing left worth training.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 
 from autokd.config import Study
 
+MAX_CONSECUTIVE_SKIPS = 200
+
 
 class StopReason(enum.Enum):
     """Why a search stopped. ``ok`` says whether it stopped the way the study asked it to."""
@@ -22,6 +26,7 @@ class StopReason(enum.Enum):
     FAILURES = "consecutive failed trials"
     INTERRUPTED = "interrupted"
     WORKER_STOPPED = "a worker stopped"
+    SKIPPED = "sampled students skipped before training, in a row"
 
     @property
     def ok(self) -> bool:
@@ -40,6 +45,7 @@ class Budget:
     max_consecutive_failures: int
     deadline: float | None = None
     consecutive_failures: int = 0
+    consecutive_skips: int = 0
 
     @classmethod
     def of(cls, study: Study, start: float | None = None) -> Budget:
@@ -58,6 +64,8 @@ class Budget:
             return StopReason.BUDGET
         if self.consecutive_failures >= self.max_consecutive_failures:
             return StopReason.FAILURES
+        if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+            return StopReason.SKIPPED
         if self.deadline is not None and (time.time() if now is None else now) > self.deadline:
             return StopReason.TIME_LIMIT
         return None
@@ -66,6 +74,8 @@ class Budget:
         """Whether one more trial may start beside ``running`` ones without overshooting the budget."""
         return completed + running < self.trials
 
-    def count(self, failed: bool) -> None:
-        """Count a finished trial: failures in a row stop the search, anything else resets the count."""
+    def count(self, failed: bool, skipped: bool = False) -> None:
+        """Count a finished trial: failures in a row stop the search, anything else resets the count;
+        a student skipped before training counts towards the skips in a row, anything else resets it."""
         self.consecutive_failures = self.consecutive_failures + 1 if failed else 0
+        self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0

@@ -82,6 +82,13 @@ def _search(args: argparse.Namespace) -> int:
             "no trial finished within budget.time_limit_minutes (the report says what took the time): "
             "raise it, or run the same command again to resume"
         )
+    from autokd.budget import MAX_CONSECUTIVE_SKIPS, StopReason
+
+    if result.stopped_reason == StopReason.SKIPPED:
+        print(
+            f"the last {MAX_CONSECUTIVE_SKIPS} sampled students were all skipped before training (over the "
+            "study's constraints, or unable to extend the front): widen the search space or the constraints"
+        )
     print(
         f"{result.completed} completed trials (stopped by {result.stopped_reason}); "
         f"report: {result.report_dir / 'index.html'}"

@@ -365,6 +365,39 @@ class ObjectivesSection(_Section):
     reference_point: ReferencePoint = ReferencePoint()
 
 
+class ConstraintsSection(_Section):
+    """Budgets a deployed student must meet; each is off (None) unless the study states it.
+
+    ``max_size_kb`` (deployed INT8 weights, 1 KB = 1000 bytes) and ``max_latency_ms`` (the study's
+    latency measurement) depend only on the architecture: a sampled student over either is measured
+    untrained and never trained (recorded with why; it does not count against the trial budget).
+    ``min_retention`` needs training: it is stored with ``optuna.Trial.set_constraint``, so that
+    Optuna's samplers and the report know which trials are feasible; the front holds feasible ones only.
+    """
+
+    max_size_kb: Annotated[float, Field(gt=0)] | None = None
+    max_latency_ms: Annotated[float, Field(gt=0)] | None = None
+    min_retention: Annotated[float, Field(gt=0, le=1.5)] | None = None
+
+    @property
+    def architectural(self) -> bool:
+        """Whether a budget can be checked before training (size or latency)."""
+        return self.max_size_kb is not None or self.max_latency_ms is not None
+
+    def violations(
+        self, size_kb: float, latency_ms: float, retention: float | None = None
+    ) -> dict[str, float]:
+        """Optuna constraint values (feasible at <= 0) of the budgets the study states."""
+        values = {}
+        if self.max_size_kb is not None:
+            values["max_size_kb"] = size_kb - self.max_size_kb
+        if self.max_latency_ms is not None:
+            values["max_latency_ms"] = latency_ms - self.max_latency_ms
+        if self.min_retention is not None and retention is not None:
+            values["min_retention"] = self.min_retention - retention
+        return values
+
+
 class QuantizationSection(_Section):
     """INT8 deployment: the backend (which fixes the runtime latency is measured on), calibration, QAT.
 
@@ -396,6 +429,10 @@ class SamplerSection(_Section):
 
     kind: Literal["tpe", "nsga2", "random"] = "tpe"
     startup_trials: Annotated[int, Strict(), Field(ge=1)] = 8
+    # Students the sampler proposes per trained one: each is measured untrained (size, INT8 latency)
+    # and the one with the largest expected hypervolume gain is trained (autokd.strategy); 1: train
+    # every proposal.
+    candidates: Annotated[int, Strict(), Field(ge=1, le=64)] = 1
 
 
 class Study(_Section):
@@ -409,6 +446,7 @@ class Study(_Section):
     training: TrainingSection = TrainingSection()
     budget: BudgetSection = BudgetSection()
     objectives: ObjectivesSection = ObjectivesSection()
+    constraints: ConstraintsSection = ConstraintsSection()
     quantization: QuantizationSection = QuantizationSection()
     sampler: SamplerSection = SamplerSection()
     augmentation: AugmentationSection = AugmentationSection()

@@ -153,11 +153,13 @@ def hypervolume_history(done: pd.DataFrame, reference: tuple[float, float, float
     rows = []
     for i in range(1, len(ordered) + 1):
         part = ordered.iloc[:i]
+        if "feasible" in part:  # the front, so its hypervolume, holds feasible students only
+            part = part[part["feasible"].astype(bool)]
         rows.append(
             {
                 "completed": i,
-                "trial": int(part["trial"].iloc[-1]),
-                "minutes": (pd.to_datetime(part["finished"].iloc[-1]) - start).total_seconds() / 60,
+                "trial": int(ordered["trial"].iloc[i - 1]),
+                "minutes": (pd.to_datetime(ordered["finished"].iloc[i - 1]) - start).total_seconds() / 60,
                 "hypervolume": hypervolume(part[list(OBJECTIVES)].to_numpy(dtype=float), reference),
             }
         )

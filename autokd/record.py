@@ -106,6 +106,7 @@ class TrialRecord:
     started: datetime.datetime | None
     finished: datetime.datetime | None
     attrs: dict = field(repr=False)
+    constraints: dict = field(default_factory=dict)  # Optuna constraint values (feasible at <= 0)
 
     @property
     def completed(self) -> bool:
@@ -162,6 +163,7 @@ def _record(trial: optuna.trial.FrozenTrial, interrupted: dict) -> TrialRecord:
         started=trial.datetime_start,
         finished=trial.datetime_complete,
         attrs=attrs,
+        constraints=dict(trial.constraints),
     )
 
 

@@ -90,6 +90,13 @@ def trials_frame(records: StudyRecord) -> pd.DataFrame:
         if record.prescreened is not None:
             row["prescreened_dominated_by"] = record.prescreened.get("dominated_by")
             row["prescreen_seconds"] = record.prescreened.get("prescreen_seconds")
+            row["skipped_because"] = record.prescreened.get(
+                "reason", "dominated on size and latency by a completed student above the floor"
+            )
+        violated = [key for key, value in record.constraints.items() if value > 0]
+        row["feasible"] = not violated
+        if violated:
+            row["violates"] = ", ".join(violated)
         if record.error is not None:
             row["error"] = record.error
         row["worker"] = record.worker
@@ -111,6 +118,9 @@ def trials_frame(records: StudyRecord) -> pd.DataFrame:
         trials["speedup_vs_teacher"] = teacher["latency"]["median_ms"] / trials["latency_ms"]
     trials["on_front"] = False
     complete = trials.index[trials["state"] == "COMPLETE"] if len(trials) else []
+    # The front holds the students that meet the study's constraints (all of them when it has none).
+    if len(complete):
+        complete = trials.index[(trials["state"] == "COMPLETE") & trials["feasible"].astype(bool)]
     if len(complete):
         points = trials.loc[complete, list(OBJECTIVES)].to_numpy(dtype=float)
         trials.loc[complete, "on_front"] = pareto_mask(points)
@@ -200,11 +210,27 @@ def _efficiency_lines(trials: pd.DataFrame, teacher: dict) -> list[str]:
         lines.append(
             f"- early stopping ({rules}): {int(stopped.sum())} trial(s) stopped, about {saved:.0f} s of training saved"
         )
-    if "prescreened_dominated_by" in trials:
-        skipped = trials["prescreened_dominated_by"].notna()
+    if "skipped_because" in trials:
+        skipped = trials["skipped_because"].notna()
+        over = trials["skipped_because"].fillna("").str.startswith("over budget")
         lines.append(
-            f"- pre-screen: {int(skipped.sum())} student(s) skipped before training (dominated on size and latency)"
+            f"- skipped before training (measured untrained, never counted as trials): {int(skipped.sum())} "
+            f"student(s), {int(over.sum())} of them over the size or latency budget, "
+            f"{int((skipped & ~over).sum())} unable to extend the front at an optimistic retention"
         )
+    if "violates" in trials:
+        infeasible = trials["violates"].notna() & (trials["state"] == "COMPLETE")
+        if infeasible.any():
+            lines.append(
+                f"- {int(infeasible.sum())} completed student(s) miss the study's constraints and are left off "
+                "the front: "
+                + ", ".join(
+                    f"{int(n)} ({v})"
+                    for n, v in zip(
+                        trials.loc[infeasible, "trial"], trials.loc[infeasible, "violates"], strict=True
+                    )
+                )
+            )
     cache = teacher.get("cache")
     if cache:
         if not cache["enabled"]:
@@ -306,6 +332,8 @@ def recommend(results: StudyResults, done: pd.DataFrame, floor: float) -> list[R
     A trial that is best on several counts appears once, with every reason.
     """
     eligible = done[done["retention"] >= floor] if len(done) else done
+    if len(eligible) and "feasible" in eligible:
+        eligible = eligible[eligible["feasible"].astype(bool)]  # within the study's constraints
     if not len(eligible):
         return []
     picks: dict[int, list[str]] = {}
@@ -449,6 +477,7 @@ def _stopped(trials: pd.DataFrame) -> pd.DataFrame:
         "seconds_saved",
         "stopped_by",
         "prescreened_dominated_by",
+        "skipped_because",
     ]
     if not len(trials):
         return trials
@@ -564,7 +593,12 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
 
     ref = results.reference_point
     reference = (ref.get("retention"), ref.get("compression"), ref.get("latency_ms")) if ref else None
-    hv = hypervolume(done[list(OBJECTIVES)].to_numpy(dtype=float), reference) if len(done) and ref else 0.0
+    feasible = done[done["feasible"].astype(bool)] if len(done) else done
+    hv = (
+        hypervolume(feasible[list(OBJECTIVES)].to_numpy(dtype=float), reference)
+        if len(feasible) and ref
+        else 0.0
+    )
     _write(out / "summary.md", summary_markdown(results, done, front, hv))
 
     teacher = results.teacher

@@ -40,9 +40,11 @@ from autokd.record import (
 from autokd.resources import Resources
 from autokd.space import make_sampler, sample_config
 from autokd.storage import StorageLocation, trial_dir
+from autokd.strategy import could_extend_front, dominating, expected_gain, retention_bound
 from autokd.trial import TrialConfig, TrialResult, measure_untrained, run_trial
 
 MEDIAN_RULE = "median rule on validation accuracy"
+CHOSEN_MEASUREMENT = "candidate_measurement"  # user attribute of a trial enqueued by choose_candidate
 # How long a machine joining a database study waits for the creating machine to store its attributes.
 DESCRIBE_WAIT_SECONDS = 120.0
 WAIT_POLL_SECONDS = 1.0
@@ -309,6 +311,11 @@ def trial_line(number: int, config: TrialConfig, result: TrialResult) -> str:
     )
 
 
+def _feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a completed trial meets the study's constraints (Optuna's: every value <= 0)."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
 def _student(config: TrialConfig) -> str:
     return f"{config.family} w={config.width:.2f} d={config.depth:.2f}"
 
@@ -347,29 +354,120 @@ class TrialRunner:
             self.emit(f"trial {trial.number:>3}: FAILED ({error})")
             raise ProposalFailed(error) from exc
         record_start(trial, config, worker_id())
-        if self.study.prescreen and (skipped := self._prescreen(config)) is not None:
-            record_prescreen(trial, skipped)
-            self.emit(
-                f"trial {trial.number:>3}: skipped before training ({_student(config)}: trial "
-                f"{skipped['dominated_by']} is as small and as fast, above the floor)"
+        self.last_skipped = False
+        constraints = self.study.constraints
+        if not (self.study.prescreen or constraints.architectural):
+            return config
+        measured = trial.user_attrs.get(CHOSEN_MEASUREMENT) or self._measure(config)
+        violations = constraints.violations(measured["size_kb"], measured["latency_ms"])
+        over = {key: value for key, value in violations.items() if value > 0}
+        if over:
+            for key, value in violations.items():
+                trial.set_constraint(key, value)  # infeasible: constrained samplers learn the region
+            reason = "; ".join(
+                f"{'size' if key == 'max_size_kb' else 'latency'} "
+                f"{measured['size_kb' if key == 'max_size_kb' else 'latency_ms']:.3g} "
+                f"{'KB' if key == 'max_size_kb' else 'ms'} over constraints.{key} = "
+                f"{getattr(constraints, key):g}"
+                for key in over
             )
-            return None
-        return config
+            skipped = {**measured, "reason": f"over budget: {reason}", "dominated_by": None}
+        elif self.study.prescreen and (skipped := self._screen(measured)) is not None:
+            pass
+        else:
+            return config
+        record_prescreen(trial, skipped)
+        self.last_skipped = True
+        self.emit(
+            f"trial {trial.number:>3}: skipped before training ({_student(config)}: {skipped['reason']})"
+        )
+        return None
 
-    def _prescreen(self, config: TrialConfig) -> dict | None:
-        """Size and latency of an untrained student, when an already-measured student above the retention
-        floor is at least as small and as fast (so training this one cannot reach the front); else None."""
-        floor = self.study.objectives.retention_floor
-        good = [t for t in self._completed() if t.values[0] >= floor]
-        if not good:
-            return None
+    last_skipped = False  # whether the last proposal was skipped before training
+
+    def _measure(self, config: TrialConfig) -> dict:
         start = time.perf_counter()
         measured = measure_untrained(config, self.resources.data, self.teacher, self.latency_lock)
-        for t in good:
-            if t.values[1] >= measured["compression"] and t.values[2] <= measured["latency_ms"]:
-                measured.update(dominated_by=t.number, prescreen_seconds=time.perf_counter() - start)
-                return measured
-        return None
+        measured["prescreen_seconds"] = time.perf_counter() - start
+        return measured
+
+    def choose_candidate(self) -> None:
+        """With ``sampler.candidates`` M > 1 (and a completed trial to compare with): before the driver
+        asks for its next trial, ask the sampler for M students, measure each untrained, record them
+        (PRUNED: measured, never trained, never counted) and enqueue the one with the largest expected
+        hypervolume gain, so the driver's next trial trains it with its measurement."""
+        count = self.study.sampler.candidates
+        completed = self._completed()
+        if count <= 1 or not completed:
+            return
+        points = [tuple(t.values) for t in completed]
+        feasible = [tuple(t.values) for t in completed if _feasible(t)]
+        reference = tuple(self.optuna_study.user_attrs["reference_point"][k] for k in OBJECTIVES)
+        constraints = self.study.constraints
+        scored = []
+        for _ in range(count):
+            trial = self.optuna_study.ask()
+            trial.set_user_attr("worker", worker_id())
+            try:
+                config = sample_config(trial, self.study)
+                measured = self._measure(config)
+            except Exception as exc:  # noqa: BLE001 - the candidate is dropped; the trial proper will say
+                record_failure(trial, f"measuring a candidate failed: {type(exc).__name__}: {exc}")
+                self.optuna_study.tell(trial, state=TrialState.FAIL)
+                continue
+            over = any(
+                v > 0 for v in constraints.violations(measured["size_kb"], measured["latency_ms"]).values()
+            )
+            gain = (
+                -1.0
+                if over
+                else expected_gain(
+                    measured["compression"], measured["latency_ms"], points, feasible, reference
+                )
+            )
+            measured["expected_gain"] = gain
+            scored.append((gain, trial, config, measured))
+        if not scored:
+            return
+        best = max(range(len(scored)), key=lambda i: scored[i][0])
+        for i, (gain, trial, config, measured) in enumerate(scored):
+            record_start(trial, config, worker_id())
+            chosen = i == best
+            reason = (
+                f"candidate chosen (expected hypervolume gain {gain:.3g}): trained as a trial of its own"
+                if chosen
+                else f"candidate not chosen: expected hypervolume gain {gain:.3g}, below {scored[best][0]:.3g}"
+            )
+            record_prescreen(trial, {**measured, "reason": reason, "dominated_by": None, "candidate": True})
+            self.optuna_study.tell(trial, state=TrialState.PRUNED)
+        gain, trial, config, measured = scored[best]
+        self.optuna_study.enqueue_trial(
+            trial.params, user_attrs={CHOSEN_MEASUREMENT: measured}, skip_if_exists=False
+        )
+
+    def _screen(self, measured: dict) -> dict | None:
+        """``measured`` with why, when the untrained student could not extend the front even at an
+        optimistic retention (:mod:`autokd.strategy`); None when it should be trained."""
+        completed = self._completed()
+        if not completed:
+            return None
+        points = [tuple(t.values) for t in completed]
+        feasible = [tuple(t.values) for t in completed if _feasible(t)]
+        reference = tuple(self.optuna_study.user_attrs["reference_point"][k] for k in OBJECTIVES)
+        compression, latency = measured["compression"], measured["latency_ms"]
+        bound = retention_bound(compression, points)
+        if could_extend_front(compression, latency, feasible, reference, bound=bound):
+            return None
+        by = dominating((bound, compression, latency), feasible)
+        numbers = [t.number for t in completed if _feasible(t)]
+        dominated_by = numbers[by] if by is not None else None
+        why = (
+            f"trial {dominated_by} is as small and as fast with retention >= {bound:.3f}, the most this "
+            "student could reach"
+            if dominated_by is not None
+            else f"even at retention {bound:.3f} it would not improve on the reference point"
+        )
+        return {**measured, "reason": why, "dominated_by": dominated_by, "retention_bound": bound}
 
     # -- during training -------------------------------------------------------------------------
 
@@ -448,6 +546,11 @@ class TrialRunner:
         """Store how the trial ended and say it on one line; return its objective values when COMPLETE."""
         if outcome.state == TrialState.COMPLETE:
             values = record_result(trial, outcome.result)
+            result = outcome.result
+            size_kb = self.teacher.weight_bytes / result.compression / 1000
+            violations = self.study.constraints.violations(size_kb, result.latency_ms, result.retention)
+            for key, value in violations.items():
+                trial.set_constraint(key, value)
             self.emit(trial_line(trial.number, config, outcome.result))
             return values
         if outcome.state == TrialState.PRUNED and outcome.stop is not None:

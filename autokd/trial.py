@@ -245,6 +245,7 @@ def measure_untrained(
     latency = measure_deployed_latency(int8_model, config, data, latency_lock)
     return {
         "compression": teacher.weight_bytes / int8_model.weight_bytes(),
+        "size_kb": int8_model.weight_bytes() / 1000,
         "latency_ms": latency.median_ms,
         "parameters": count_parameters(student),
     }

@@ -124,19 +124,24 @@ def test_a_trial_below_the_median_is_stopped_recorded_pruned_and_reported(
     assert f"{len(stopped)} trial(s) stopped" in summary
 
 
-def test_the_prescreen_skips_a_dominated_student_without_counting_it(tiny_study, shared_runs, search_with):
+def test_the_prescreen_skips_a_student_that_cannot_extend_the_front(tiny_study, shared_runs, search_with):
     study = _named(tiny_study, search_with, "prescreen")
     study["prescreen"] = True
-    study["budget"].update(trials=2, time_limit_minutes=0.25)
-    # above the floor, infinitely small and fast: every sampled student is dominated
+    study["budget"].update(trials=3, time_limit_minutes=0.25)
+    # Trial 0 is as large as the teacher and retains 0.7, so no sampled student is bounded above
+    # 0.705; trial 1 is infinitely small and fast at 0.99: every sampled student is dominated.
     _seed_completed(
-        shared_runs / study["name"], study["name"], [([0.99, 1e9, 1e-6], [0.9])], ["resnet", "convnext"]
+        shared_runs / study["name"],
+        study["name"],
+        [([0.7, 1.0, 1e-6], [0.5]), ([0.99, 1e9, 1e-6], [0.9])],
+        ["resnet", "convnext"],
     )
     result = search_with(study, runs_dir=shared_runs)
     skipped = [t for t in result.records.trials if t.prescreened is not None]
-    assert skipped and all(t.state == "PRUNED" and t.prescreened["dominated_by"] == 0 for t in skipped)
+    assert skipped and all(t.state == "PRUNED" and t.prescreened["dominated_by"] == 1 for t in skipped)
+    assert all(t.prescreened["retention_bound"] == pytest.approx(0.705) for t in skipped)
     assert all("train_seconds" not in t.attrs for t in skipped)
-    assert result.completed == 1  # only the seeded trial: skipped ones never count
+    assert result.completed == 2  # only the seeded trials: skipped ones never count
 
 
 def test_rerunning_a_finished_study_runs_no_new_trial(tiny_study, shared_runs, search_with):

@@ -45,6 +45,7 @@ from autokd.storage import StorageLocation, StudyOwner
 def run_one_trial(runner: TrialRunner) -> TrialState:
     """Ask the study for one trial, run it, and tell the study how it ended."""
     finished: list[optuna.trial.FrozenTrial] = []
+    runner.choose_candidate()
 
     def objective(trial: optuna.Trial) -> list[float]:
         try:
@@ -102,7 +103,7 @@ def run_trials(
             time.sleep(WAIT_POLL_SECONDS)
             continue
         state = run_one_trial(runner)
-        budget.count(failed=state == TrialState.FAIL)
+        budget.count(failed=state == TrialState.FAIL, skipped=runner.last_skipped)
         failed += state == TrialState.FAIL
 
 

@@ -162,6 +162,7 @@ class StudySearcher(Searcher):
                 return Searcher.FINISHED
             if not self.budget.may_start(completed, running_count(study)):
                 return None
+            self.runner.choose_candidate()
             trial = study.ask()
             try:
                 config = self.runner.propose(trial)
@@ -173,6 +174,7 @@ class StudySearcher(Searcher):
                 continue
             if config is None:  # skipped by the pre-screen: recorded, and never counted
                 study.tell(trial, state=TrialState.PRUNED)
+                self.budget.count(failed=False, skipped=True)
                 continue
             self.live[trial_id] = (trial, config)
             return {NUMBER: trial.number, TRIAL_CONFIG: json.dumps(asdict(config))}
