@@ -4,6 +4,7 @@ The public API (see :mod:`autokd.api`)::
 
     autokd.search(study_or_path, backend="optuna")   -> StudyResult (.front, .trials, .run_dir)
     autokd.load_study(run) / autokd.report(run) / autokd.export(run, trial) / autokd.load(path)
+    autokd.confirm(run, top=K, seeds=S)               -> the front retrained with new seeds
     autokd.predict(export, images)
     autokd.list_methods() / list_families() / list_datasets() / list_backends()
     @autokd.register_method / register_family / register_dataset / register_backend
@@ -26,6 +27,7 @@ _EXPORTS = {
     "load_study": "autokd.api",
     "report": "autokd.api",
     "export": "autokd.api",
+    "confirm": "autokd.api",
     "load": "autokd.api",
     "predict": "autokd.api",
     "list_methods": "autokd.api",

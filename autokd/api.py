@@ -170,6 +170,14 @@ def report(run: str | Path, reports_dir: str | Path = "reports") -> Path:
     return write_report(Path(run), Path(reports_dir))
 
 
+def confirm(run: str | Path, *, top: int | None = None, seeds: int = 2, log=print) -> dict[str, list[dict]]:
+    """Retrain the front of the study in ``run`` with ``seeds`` new seeds per point (the ``top`` points
+    adding the most hypervolume; all by default); stored in the study, shown by the report."""
+    from autokd.confirmation import confirm as run_confirm
+
+    return run_confirm(Path(run), top=top, seeds=seeds, log=log)
+
+
 def export(
     run: str | Path, trial: int, *, format: str | None = None, out: str | Path | None = None
 ) -> Export:

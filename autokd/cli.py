@@ -20,6 +20,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can cause (bad input): one line on stderr and exit code 2, never a traceback."""
     from autokd.api import UsageError
     from autokd.config import StudyFileError
+    from autokd.confirmation import ConfirmError
     from autokd.data import DatasetUnavailableError
     from autokd.deploy import ExportError
     from autokd.drivers import BackendUnavailableError
@@ -32,6 +33,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from autokd.teacher_cache import CacheSpaceError
 
     return (
+        ConfirmError,
         CacheSpaceError,
         StudyBusyError,
         TeacherFileError,
@@ -101,6 +103,15 @@ def _report(args: argparse.Namespace) -> int:
 
     out = autokd.report(args.run_dir, args.reports_dir)
     print(f"report: {out / 'index.html'} (also summary.md, pareto.csv, trials.csv)")
+    return 0
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    import autokd
+
+    autokd.confirm(args.run_dir, top=args.top, seeds=args.seeds, log=LOG.info)
+    out = autokd.report(args.run_dir, args.reports_dir)
+    print(f"confirmed; report: {out / 'index.html'} (summary.md: 'Confirmed over seeds', confirmed.csv)")
     return 0
 
 
@@ -212,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--reports-dir", type=Path, default=Path("reports"), help="where reports go (default: reports)"
     )
     report.set_defaults(handler=_report)
+
+    confirm = sub.add_parser(
+        "confirm", help="retrain the front's configurations with new seeds; the report shows mean ± std"
+    )
+    confirm.add_argument("run_dir", help="run folder of a study, e.g. runs/quickstart")
+    confirm.add_argument(
+        "--top", type=int, default=None, help="front points adding the most hypervolume (default: all)"
+    )
+    confirm.add_argument("--seeds", type=int, default=2, help="new seeds per front point (default 2)")
+    confirm.add_argument(
+        "--reports-dir", type=Path, default=Path("reports"), help="where reports go (default: reports)"
+    )
+    confirm.set_defaults(handler=_confirm)
 
     export = sub.add_parser("export", help="write a trial's INT8 student as a deployable artifact")
     export.add_argument("run_dir", help="run folder of a study, e.g. runs/quickstart")

@@ -126,6 +126,7 @@ class StudyRecord:
     executions: list[dict]
     trials: list[TrialRecord]
     extensions: list[str] = field(default_factory=list)  # extension files the study loaded (absolute)
+    confirmations: dict = field(default_factory=dict)  # autokd confirm: {trial number: [run, ...]}
 
     def trial(self, number: int) -> TrialRecord:
         """Trial ``number``; ``KeyError`` when the study has none by that number."""
@@ -181,6 +182,7 @@ def records_of(study: optuna.Study, run_dir: Path) -> StudyRecord:
         executions=list(attrs.get("executions", [])),
         trials=[_record(t, interrupted) for t in study.get_trials(deepcopy=False)],
         extensions=list(attrs.get("extensions", [])),
+        confirmations=dict(attrs.get("confirmations", {})),
     )
 
 

@@ -8,10 +8,12 @@ pull request: what to ship, the front in a few columns, the counts and the objec
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from autokd.config import STUDY_NAME, STUDY_NAME_RULE
@@ -61,6 +63,7 @@ class StudyResults:
     reference_point: dict
     settings: dict
     executions: list[dict]
+    confirmations: dict = dataclasses.field(default_factory=dict)
 
 
 def trials_frame(records: StudyRecord) -> pd.DataFrame:
@@ -143,7 +146,66 @@ def load_results(run_dir: Path) -> StudyResults:
         reference_point=records.reference_point,
         settings=records.settings,
         executions=records.executions,
+        confirmations=records.confirmations,
     )
+
+
+def confirmed_front(results: StudyResults) -> pd.DataFrame:
+    """One row per confirmed front point (``autokd confirm``): retention and INT8 top-1 as mean and
+    standard deviation over all its seeds (the search's run included), whether it stays on the front
+    recomputed on the means, and whether any of its runs fell below the retention floor."""
+    floor = results.settings.get("objectives", {}).get("retention_floor", 0.9)
+    trials = results.trials
+    rows = []
+    for number, runs in sorted(results.confirmations.items(), key=lambda kv: int(kv[0])):
+        row = trials[trials["trial"] == int(number)]
+        if not len(row) or not runs:
+            continue
+        first = row.iloc[0]
+        search_run = {k: first[k] for k in ("retention", "int8_accuracy", "latency_ms")}
+        every = [search_run, *runs]
+        retention = np.array([r["retention"] for r in every], dtype=float)
+        accuracy = np.array([r["int8_accuracy"] for r in every], dtype=float)
+        rows.append(
+            {
+                "trial": int(number),
+                "family": first.get("family"),
+                "method": first.get("method"),
+                "seeds": len(every),
+                "retention_mean": retention.mean(),
+                "retention_std": retention.std(ddof=1),
+                "int8_accuracy_mean": accuracy.mean(),
+                "int8_accuracy_std": accuracy.std(ddof=1),
+                "compression": float(first["compression"]),
+                "latency_ms": float(np.median([r["latency_ms"] for r in every])),
+                "below_floor": bool((retention[1:] < floor).any()),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        means = frame[["retention_mean", "compression", "latency_ms"]].to_numpy(dtype=float)
+        frame["on_front_of_means"] = pareto_mask(means)
+    return frame
+
+
+def _confirmed_lines(frame: pd.DataFrame, floor: float) -> list[str]:
+    if not len(frame):
+        return []
+    lines = [
+        "",
+        f"## Confirmed over seeds ({len(frame)} front points, autokd confirm)",
+        "",
+        "| trial | family | method | seeds | retention (mean ± std) | INT8 top-1 (mean ± std) | x smaller | latency, ms | on front of means | flags |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in frame.itertuples():
+        flag = f"a confirmation run fell below the {floor:g} floor" if r.below_floor else ""
+        lines.append(
+            f"| {r.trial} | {r.family} | {r.method} | {r.seeds} | {r.retention_mean:.3f} ± {r.retention_std:.3f} | "
+            f"{r.int8_accuracy_mean:.4f} ± {r.int8_accuracy_std:.4f} | {r.compression:.1f}x | {r.latency_ms:.3f} | "
+            f"{'yes' if r.on_front_of_means else 'no'} | {flag} |"
+        )
+    return lines
 
 
 def _noisy(latency: dict | None) -> float | None:
@@ -511,6 +573,8 @@ def summary_markdown(results: StudyResults, done: pd.DataFrame, front: pd.DataFr
         "",
         _markdown(readable(front, SHORT_COLUMNS).rename(columns=DECISION_COLUMNS)),
         "",
+        *_confirmed_lines(confirmed_front(results), floor),
+        "",
         "## Trials",
         "- " + (", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "none yet"),
         f"- hypervolume {hv:.4f} against the fixed reference point retention={ref.get('retention')}, "
@@ -600,6 +664,9 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
         else 0.0
     )
     _write(out / "summary.md", summary_markdown(results, done, front, hv))
+    confirmed = confirmed_front(results)
+    if len(confirmed):
+        _write(out / "confirmed.csv", confirmed.to_csv(index=False))
 
     teacher = results.teacher
     floor = results.settings.get("objectives", {}).get("retention_floor", 0.9)
@@ -646,6 +713,12 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
         f"<li>{html.escape(line.lstrip('- ').replace('**', ''))}</li>" for line in DEFINITIONS.split("\n- ")
     )
     all_columns = front.drop(columns=["started", "finished"], errors="ignore")
+    confirmed_html = (
+        f"<h2>Confirmed over seeds ({len(confirmed)} front points)</h2>"
+        + _html_table(readable(confirmed, list(confirmed.columns)))
+        if len(confirmed)
+        else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autokd: {html.escape(results.name)}</title>
 {ERROR_CAPTURE}<style>{STYLE}</style></head><body>
 <div id="js-errors" hidden></div>
@@ -661,6 +734,7 @@ Trials: {html.escape(", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.item
 {_html_table(readable(front, list(DECISION_COLUMNS)), DECISION_COLUMNS, "front")}
 <details><summary>All columns of the front (also in pareto.csv; every trial in trials.csv)</summary>
 {_html_table(readable(all_columns, list(all_columns.columns)))}</details>
+{confirmed_html}
 <h2>INT8 deployment</h2><ul>{deployment}</ul>
 <h2>Failed trials ({len(failures)})</h2>{_html_table(failures)}
 <h2>Stopped early or skipped ({len(stopped)})</h2><ul>{efficiency}</ul>{_html_table(readable(stopped, list(stopped.columns)))}

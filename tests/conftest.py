@@ -288,3 +288,17 @@ def own_data_export(tmp_path_factory):
     (trial,) = [t for t in result.records.trials if t.completed]
     export = autokd.export(result.run_dir, trial=trial.number)
     return root, export
+
+
+@pytest.fixture(scope="session")
+def confirmed_run(shared_runs):
+    """The tiny study searched (2 trials), then its best front point confirmed with one new seed."""
+    import autokd
+
+    document = copy.deepcopy(TINY_STUDY)
+    document["name"] = "confirmed"
+    result = autokd.search(
+        document, runs_dir=shared_runs, reports_dir=None, log=lambda _: None, progress=False
+    )
+    autokd.confirm(result.run_dir, top=1, seeds=1, log=lambda _: None)
+    return result.run_dir

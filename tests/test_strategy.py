@@ -50,7 +50,9 @@ def test_each_trained_student_is_the_best_of_its_measured_candidates(tiny_study,
     tiny_study["name"] = "candidates"
     tiny_study["sampler"] = {"kind": "random", "candidates": 3}
     tiny_study["budget"]["trials"] = 2
-    result = autokd.search(tiny_study, runs_dir=shared_runs, reports_dir=None, log=lambda _: None, progress=False)
+    result = autokd.search(
+        tiny_study, runs_dir=shared_runs, reports_dir=None, log=lambda _: None, progress=False
+    )
     trials = result.records.trials
     candidates = [t for t in trials if t.prescreened and t.prescreened.get("candidate")]
     chosen = [t for t in candidates if t.prescreened["reason"].startswith("candidate chosen")]

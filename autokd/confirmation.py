@@ -1,0 +1,153 @@
+"""Retrain a study's front with new seeds: is a front point its settings' doing, or one seed's luck?
+
+``autokd confirm RUN --top K --seeds S`` takes the K front points that add the most hypervolume (all
+of them by default), and trains each configuration again with S new seeds, exactly as the search
+trained it (same data, teacher, epochs, quantization and latency measurement) except for the seed.
+Each run is stored as it finishes in the study's own storage, as the study attribute
+``confirmations`` (``{trial number: [run, ...]}``): never a trial, so never counted in the search's
+budget nor seen by its sampler. Running the command again continues where it stopped; a larger
+``--seeds`` adds seeds. The report then shows each confirmed point as mean ± std over all its seeds
+(the search's own run included), the front recomputed on those means, and marks a point whose
+confirmation fell below the retention floor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from autokd.pareto import OBJECTIVES, hypervolume
+
+CONFIRMATIONS = "confirmations"
+SEED_STRIDE = 7919  # confirmation seed k of a trial: its own seed + k * SEED_STRIDE
+
+
+class ConfirmError(ValueError):
+    """The run cannot be confirmed as asked (no front, bad --top/--seeds); the message is one line."""
+
+
+def contributions(points: np.ndarray, reference) -> np.ndarray:
+    """Each point's exclusive hypervolume: what the front loses without it."""
+    total = hypervolume(points, reference)
+    return np.array(
+        [total - hypervolume(np.delete(points, i, axis=0), reference) for i in range(len(points))]
+    )
+
+
+def front_to_confirm(records, top: int | None) -> list:
+    """The front's trials (feasible, completed), the ``top`` largest hypervolume contributions first."""
+    from autokd.reporting import load_results
+
+    trials = load_results(records.run_dir).trials
+    if not len(trials) or not trials["on_front"].any():
+        raise ConfirmError(f"study '{records.name}' has no completed trial on its front to confirm")
+    front = trials[trials["on_front"]]
+    ref = records.reference_point
+    reference = tuple(ref[k] for k in OBJECTIVES)
+    gains = contributions(front[list(OBJECTIVES)].to_numpy(dtype=float), reference)
+    order = np.argsort(-gains, kind="stable")
+    numbers = [int(front["trial"].iloc[i]) for i in order]
+    return [records.trial(n) for n in (numbers[:top] if top else numbers)]
+
+
+def confirmation_seeds(seed: int, count: int) -> list[int]:
+    """The ``count`` new seeds of a trial whose own seed is ``seed`` (the same on every rerun)."""
+    return [(seed + k * SEED_STRIDE) % 2**31 for k in range(1, count + 1)]
+
+
+def confirm(
+    run_dir: str | Path,
+    *,
+    top: int | None = None,
+    seeds: int = 2,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[dict]]:
+    """Train the front's configurations with ``seeds`` new seeds each; return every confirmation run
+    stored so far, by trial number (see the module docstring)."""
+    import optuna
+
+    from autokd.config import parse_study
+    from autokd.measure import machine_latency_lock
+    from autokd.record import load_records
+    from autokd.registry import load_extension_files
+    from autokd.resources import prepare_resources
+    from autokd.storage import StudyOwner, load_run_study
+    from autokd.trial import TrialConfig, run_trial
+
+    if seeds < 1:
+        raise ConfirmError(f"--seeds {seeds}: give at least 1 new seed per front point")
+    if top is not None and top < 1:
+        raise ConfirmError(f"--top {top}: give at least 1 front point (or leave it out for all)")
+    run_dir = Path(run_dir)
+    try:
+        records = load_records(run_dir)
+    except (FileNotFoundError, LookupError) as exc:
+        raise ConfirmError(f"{exc}; run 'autokd search STUDY' first") from None
+    chosen = front_to_confirm(records, top)
+    load_extension_files(records.extensions)
+    study = parse_study(records.settings, f"{run_dir} (stored study)")
+    with StudyOwner(run_dir, study.name):
+        resources = prepare_resources(study, runs_root=run_dir.parent, log=log)
+        if resources.teacher.key != records.teacher.get("key"):
+            raise ConfirmError(
+                f"the teacher prepared now ({resources.teacher.key}) is not the one study '{study.name}' "
+                f"searched with ({records.teacher.get('key')}): its data or teacher files changed"
+            )
+        optuna_study = load_run_study(run_dir)
+        stored: dict[str, list[dict]] = {
+            k: list(v) for k, v in optuna_study.user_attrs.get(CONFIRMATIONS, {}).items()
+        }
+        teacher, lock = resources.teacher_reference(), machine_latency_lock()
+        todo = []
+        for record in chosen:
+            config = TrialConfig.from_dict(record.config)
+            done = {run["seed"] for run in stored.get(str(record.number), [])}
+            todo += [(record, config, s) for s in confirmation_seeds(config.seed, seeds) if s not in done]
+        log(
+            f"confirming {len(chosen)} front point(s) of '{study.name}' with {seeds} new seed(s) each: "
+            f"{len(todo)} run(s) to train"
+        )
+        for i, (record, config, seed) in enumerate(todo, 1):
+            start = time.perf_counter()
+            result = run_trial(
+                dataclasses.replace(config, seed=seed),
+                resources.data,
+                teacher,
+                latency_lock=lock,
+                device=resources.device,
+                amp=study.training.amp,
+            )
+            run = {
+                "seed": seed,
+                "retention": result.retention,
+                "int8_accuracy": result.int8_accuracy,
+                "fp32_accuracy": result.fp32_accuracy,
+                "compression": result.compression,
+                "latency_ms": result.latency_ms,
+                "wall_seconds": time.perf_counter() - start,
+            }
+            stored.setdefault(str(record.number), []).append(run)
+            with _quiet_optuna(optuna):
+                optuna_study.set_user_attr(CONFIRMATIONS, stored)  # after every run: nothing is lost
+            log(
+                f"confirm {i}/{len(todo)}: trial {record.number} seed {seed}: retention {result.retention:.3f} "
+                f"(search: {record.result.retention:.3f}), INT8 top-1 {result.int8_accuracy:.4f}, "
+                f"{run['wall_seconds']:.0f} s"
+            )
+    return stored
+
+
+class _quiet_optuna:
+    def __init__(self, optuna) -> None:
+        self.optuna = optuna
+
+    def __enter__(self):
+        self.level = self.optuna.logging.get_verbosity()
+        self.optuna.logging.set_verbosity(self.optuna.logging.WARNING)
+
+    def __exit__(self, *exc) -> None:
+        self.optuna.logging.set_verbosity(self.level)
