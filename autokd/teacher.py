@@ -88,6 +88,10 @@ def teacher_lock(directory: Path, log: Callable[[str], None] = print) -> Iterato
         os.close(fd)
 
 
+# The teacher's training state after its last finished epoch: an interrupted training resumes from it.
+TRAINING_CHECKPOINT = "training-checkpoint.pt"
+
+
 def augmentation_of(study: Study) -> CropFlip | None:
     """The study's augmentation, or None when it is off."""
     a = study.augmentation
@@ -337,10 +341,11 @@ def prepare_teacher(
             )
         else:
             directory.mkdir(parents=True, exist_ok=True)
-            metrics = _train_or_load(study, data, model, key, log, device)
+            metrics = _train_or_load(study, data, model, key, log, device, directory)
             write_atomically(model.state_dict(), weights)
             metrics["weights_sha256"] = file_sha256(weights)
             write_atomically(json.dumps(metrics, indent=2), metrics_path)
+            (directory / TRAINING_CHECKPOINT).unlink(missing_ok=True)  # the weights are stored now
             log(f"teacher ready: test top-1 {metrics['test_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
     model = with_features(study, model.to(device), data).eval()
     return Teacher(
@@ -363,6 +368,7 @@ def _train_or_load(
     key: str,
     log: Callable[[str], None],
     device: str = "cpu",
+    directory: Path | None = None,
 ) -> dict:
     start = time.perf_counter()
     t = study.teacher
@@ -372,9 +378,14 @@ def _train_or_load(
         )
         log(f"teacher {t.name}: loaded {t.checkpoint}")
     else:
-        log(
-            f"teacher {t.name}: training {t.epochs} epochs on {len(data.train_x)} images (once; cached as {key})"
-        )
+        checkpoint = directory / TRAINING_CHECKPOINT if directory is not None else None
+        if checkpoint is not None and checkpoint.exists():
+            done = torch.load(checkpoint, weights_only=False)["epoch"]
+            log(f"teacher {t.name}: resuming its training after epoch {done}/{t.epochs} ({checkpoint})")
+        else:
+            log(
+                f"teacher {t.name}: training {t.epochs} epochs on {len(data.train_x)} images (once; cached as {key})"
+            )
         bar = tqdm(total=t.epochs, desc=f"teacher {t.name}", unit="epoch", leave=False, disable=None)
 
         def report(epoch: int, m: nn.Module) -> None:
@@ -399,6 +410,7 @@ def _train_or_load(
             ),
             augmentation=augmentation_of(study),
             on_epoch=report,
+            checkpoint=checkpoint,
         )
         bar.close()
     return {

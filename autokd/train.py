@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -136,6 +137,7 @@ def train(
     teacher: TeacherOutputs | None = None,
     augmentation: CropFlip | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> None:
     """Train ``model`` for ``settings.epochs`` epochs on the loss of :func:`distillation_loss`.
 
@@ -146,6 +148,10 @@ def train(
     teacher outputs are looked up. Without one, ``augmentation`` (if given) draws fresh random views.
     ``on_epoch(epoch, model)`` runs after every epoch (1-based); it may raise to stop training early.
     A method that raises or returns a non-finite loss stops training with :class:`MethodFailure`.
+    With a ``checkpoint`` path, everything training depends on (weights, optimizer, schedule, gradient
+    scaler, random generators) is written there after every epoch, and a run that finds the file
+    continues after its last epoch: interrupted and resumed, it ends with the same weights as a run
+    that was never interrupted.
     """
     check_mix(methods, distillation_share)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -182,7 +188,19 @@ def train(
         )
     else:  # a run of one or two steps: the learning rate as given
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    for epoch in range(1, settings.epochs + 1):
+    first = 1
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)  # autokd's own file, written below
+        model.load_state_dict(state["model"])
+        for entry, method_state in zip(methods, state["methods"], strict=True):
+            entry.method.load_state_dict(method_state)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        first = state["epoch"] + 1
+    for epoch in range(first, settings.epochs + 1):
         model.train()
         for entry in methods:
             entry.method.train()
@@ -222,6 +240,22 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+        if checkpoint is not None:
+            from autokd.storage import write_atomically
+
+            write_atomically(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "methods": [entry.method.state_dict() for entry in methods],
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                checkpoint,
+            )
         if on_epoch is not None:
             on_epoch(epoch, model)
     model.eval()

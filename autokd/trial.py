@@ -240,7 +240,8 @@ def measure_untrained(
     """
     torch.manual_seed(config.seed)
     student = new_student(config, data).eval()
-    calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
+    # One calibration batch: the INT8 graph (so its size and speed) does not depend on the ranges.
+    calibration = calibration_batches(data.train_x, config.batch_size, 1)
     int8_model = BACKENDS.get(config.quantization_backend).quantize(student, calibration)
     latency = measure_deployed_latency(int8_model, config, data, latency_lock)
     return {

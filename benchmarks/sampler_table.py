@@ -159,7 +159,9 @@ def replay(
     from autokd.space import sample_config
     from autokd.strategy import could_extend_front, expected_gain
 
-    optuna_study = optuna.create_study(directions=["maximize", "maximize", "minimize"], sampler=make_sampler())
+    optuna_study = optuna.create_study(
+        directions=["maximize", "maximize", "minimize"], sampler=make_sampler()
+    )
     points: list[tuple[float, float, float]] = []
     curve = []
     seconds, count, proposals = 0.0, 0, 0

@@ -195,3 +195,44 @@ def test_a_run_of_a_few_steps_trains(images):
     before = [p.detach().clone() for p in model.parameters()]
     train(model, x, y, TrainSettings(epochs=1, batch_size=2))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_training_interrupted_and_resumed_from_its_checkpoint_ends_as_if_never_interrupted(data, tmp_path):
+    from autokd.augment import CropFlip
+
+    x, y = data
+    settings = TrainSettings(epochs=3, batch_size=4)
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1)
+
+    straight = fresh()
+    train(straight, x, y, settings, augmentation=CropFlip())
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(epoch, _model):
+        if epoch == 1:
+            raise Interrupt
+
+    checkpoint = tmp_path / "ckpt.pt"
+    with pytest.raises(Interrupt):
+        train(
+            fresh(), x, y, settings, augmentation=CropFlip(), on_epoch=stop_after_first, checkpoint=checkpoint
+        )
+    resumed = fresh()
+    epochs_run = []
+    train(
+        resumed,
+        x,
+        y,
+        settings,
+        augmentation=CropFlip(),
+        checkpoint=checkpoint,
+        on_epoch=lambda e, _: epochs_run.append(e),
+    )
+    assert epochs_run == [2, 3]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
