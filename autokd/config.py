@@ -425,13 +425,16 @@ class QuantizationSection(_Section):
 
 
 class SamplerSection(_Section):
-    """The Optuna sampler, always configured explicitly."""
+    """The Optuna sampler, always configured explicitly.
+
+    ``candidates``: how many students the sampler proposes per trained one. Each is measured untrained
+    (deployed size and INT8 latency, about a second) and only the one with the largest expected
+    hypervolume gain is trained; the others are recorded, never trained, never counted
+    (:mod:`autokd.strategy`). 1 trains every proposal.
+    """
 
     kind: Literal["tpe", "nsga2", "random"] = "tpe"
     startup_trials: Annotated[int, Strict(), Field(ge=1)] = 8
-    # Students the sampler proposes per trained one: each is measured untrained (size, INT8 latency)
-    # and the one with the largest expected hypervolume gain is trained (autokd.strategy); 1: train
-    # every proposal.
     candidates: Annotated[int, Strict(), Field(ge=1, le=64)] = 1
 
 

@@ -69,19 +69,38 @@ def dominating(point: Sequence[float], completed: Sequence[Sequence[float]]) -> 
     return None
 
 
+def predicted_retention(
+    compression: float, latency_ms: float, completed: Sequence[Sequence[float]], k: int = 3
+) -> float:
+    """Retention expected of a student: the mean of the ``k`` completed students nearest to it in
+    log compression and log latency (its architecture, as measured), plus MARGIN."""
+    points = np.asarray(list(completed), dtype=float).reshape(-1, 3)
+    here = np.log([compression, latency_ms])
+    distance = np.linalg.norm(np.log(points[:, 1:]) - here, axis=1)
+    nearest = np.argsort(distance, kind="stable")[:k]
+    return float(points[nearest, 0].mean()) + MARGIN
+
+
 def expected_gain(
     compression: float,
     latency_ms: float,
     completed: Sequence[Sequence[float]],
     feasible: Sequence[Sequence[float]],
     reference,
+    predictor: str = "bound",
 ) -> float:
-    """Hypervolume a candidate would add at its optimistic retention: :func:`retention_bound` over
-    ``completed``, capped (for a student larger than any measured) at the best retention so far plus
-    two margins, so that size does not buy an unbounded score; 0 when nothing is completed yet."""
+    """Hypervolume a candidate would add at its expected retention; 0 when nothing is completed yet.
+
+    ``predictor`` ``bound``: the optimistic :func:`retention_bound` over ``completed``, capped (for a
+    student larger than any measured) at the best retention so far plus two margins, so that size
+    does not buy an unbounded score; ``knn``: :func:`predicted_retention`.
+    """
     if not completed:
         return 0.0
-    bound = retention_bound(compression, completed)
-    if not np.isfinite(bound):
-        bound = max(point[0] for point in completed) + 2 * MARGIN
-    return hypervolume_gain((bound, compression, latency_ms), feasible, reference)
+    if predictor == "knn":
+        retention = predicted_retention(compression, latency_ms, completed)
+    else:
+        retention = retention_bound(compression, completed)
+        if not np.isfinite(retention):
+            retention = max(point[0] for point in completed) + 2 * MARGIN
+    return hypervolume_gain((retention, compression, latency_ms), feasible, reference)

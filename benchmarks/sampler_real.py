@@ -4,7 +4,8 @@ the same study with random search, over several seeds. Run by hand (each search 
 Each (strategy, seed) is an ordinary autokd study named ``real-<strategy>-s<seed>`` in ``--runs``
 (the quickstart's teacher is reused from there), so an interrupted run continues where it stopped.
 ``quickstart`` is studies/quickstart.yaml as shipped, with ``seed`` changed; ``random`` is the same
-study with a random sampler, no pre-screen and one candidate per trial. ``--trials`` overrides the
+study with a random sampler, no pre-screen and one candidate per trial; ``previous`` is the quickstart
+as shipped before (Hinton KD only, TPE, one candidate per trial). ``--trials`` overrides the
 trial budget of every search (``--random-trials`` that of the random ones, e.g. 3N). Prints the
 completed trials, the search's wall time (teacher cached) and the front's hypervolume per run, and
 the median per strategy.
@@ -35,6 +36,11 @@ def document(strategy: str, seed: int, trials: int | None) -> dict:
         study["budget"]["trials"] = trials
     if strategy == "random":
         study["sampler"] = {"kind": "random", "startup_trials": 1, "candidates": 1}
+        study["prescreen"] = False
+    elif strategy == "previous":  # the quickstart as shipped before the strategy: Hinton KD only, TPE
+        study["search_space"]["methods"] = ["hinton_kd"]
+        study["budget"]["trials"] = 18
+        study["sampler"] = {"kind": "tpe", "startup_trials": 8, "candidates": 1}
         study["prescreen"] = False
     return study
 

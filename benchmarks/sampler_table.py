@@ -147,6 +147,7 @@ def replay(
     screen: bool,
     screen_seconds: float,
     candidates: int = 1,
+    predictor: str = "bound",
 ) -> list[tuple[int, float, float]]:
     """(trained students, seconds so far, hypervolume) after each trained student.
 
@@ -174,7 +175,9 @@ def replay(
             asked.append((trial, table.nearest(trial.params)))
         measuring = screen or len(asked) > 1
         seconds += screen_seconds * len(asked) if measuring else 0.0
-        gains = [expected_gain(r.values[1], r.values[2], points, points, reference) for _, r in asked]
+        gains = [
+            expected_gain(r.values[1], r.values[2], points, points, reference, predictor) for _, r in asked
+        ]
         best = int(np.argmax(gains))
         for i, (trial, _) in enumerate(asked):
             if i != best:
@@ -209,18 +212,21 @@ def replay_all(args) -> None:
     rows, reference, study = load_table(Path(args.runs))
     table = Table(rows, study)
     print(f"# table: {len(rows)} trained configurations; N = {args.n}; {args.seeds} seeds")
-    strategies: dict[str, tuple[str, bool, int]] = {}
-    for name in ("random", "tpe", "tpe multivariate", "nsga2"):
-        strategies[name] = (name, False, 1)
-        strategies[f"{name} + screen"] = (name, True, 1)
+    strategies: dict[str, tuple[str, bool, int, str]] = {}
+    for name in args.samplers:
+        strategies[name] = (name, False, 1, "bound")
+        strategies[f"{name} + screen"] = (name, True, 1, "bound")
         for m in args.candidates:
-            strategies[f"{name} + best of {m}"] = (name, True, m)
+            for predictor in args.predictors:
+                strategies[f"{name} + best of {m} ({predictor})"] = (name, True, m, predictor)
+    if "random" not in strategies:
+        strategies["random"] = ("random", False, 1, "bound")
     curves: dict[str, list] = {name: [] for name in strategies}
     for seed in range(args.seeds):
-        for name, (kind, screen, m) in strategies.items():
+        for name, (kind, screen, m, predictor) in strategies.items():
             make = samplers(seed, args.startup)[kind]
             curves[name].append(
-                replay(table, study, reference, make, 3 * args.n, screen, args.screen_seconds, m)
+                replay(table, study, reference, make, 3 * args.n, screen, args.screen_seconds, m, predictor)
             )
     # Equal wall time: what random search spends on N students, median over seeds.
     budget_s = statistics.median(c[args.n - 1][1] for c in curves["random"] if len(c) >= args.n)
@@ -258,6 +264,10 @@ def main() -> None:
     r.add_argument("--startup", type=int, default=8)
     r.add_argument("--screen-seconds", type=float, default=1.0, help="cost of measuring an untrained student")
     r.add_argument("--candidates", type=int, nargs="*", default=[4, 8], help="best-of-M variants")
+    r.add_argument("--predictors", nargs="+", default=["bound", "knn"], help="retention predictors")
+    r.add_argument(
+        "--samplers", nargs="+", default=["random", "tpe", "tpe multivariate", "nsga2"], help="base samplers"
+    )
     r.add_argument("--runs", default=str(REPO / "runs"))
     args = parser.parse_args()
     if args.command == "build":
