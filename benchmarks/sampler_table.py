@@ -1,6 +1,6 @@
 """Tell samplers apart: train a table of configurations once, then replay samplers against it. By hand.
 
-``build``: runs studies/quickstart.yaml's setting (data, teacher, search space, epochs, backend) as the
+``build``: runs studies/all_kinds.yaml's setting (data, teacher, search space, epochs, backend) as the
 study ``sampler-table``, with a random sampler, no early stopping, no time limit and ``--trials``
 completed trials, into ``--runs`` (default runs/). It is an ordinary autokd study: interrupt it and run
 the same command to continue it. This is the only part that trains (about 15 s a trial here).
@@ -39,7 +39,7 @@ TABLE_STUDY = "sampler-table"
 
 
 def table_document(trials: int) -> dict:
-    document = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
+    document = yaml.safe_load((REPO / "studies" / "all_kinds.yaml").read_text())
     document["name"] = TABLE_STUDY
     document["budget"] = {**document["budget"], "trials": trials, "time_limit_minutes": None}
     document["early_stopping"] = {"enabled": False}
@@ -55,7 +55,6 @@ def build(args) -> None:
     path = Path(args.runs) / f"{TABLE_STUDY}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     document = table_document(args.trials)
-    # Relative paths in the quickstart (none today) would resolve against studies/.
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     result = autokd.search(path, runs_dir=Path(args.runs), reports_dir=None, progress=False)
     done = [t for t in result.records.trials if t.completed]
