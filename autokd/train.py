@@ -149,7 +149,7 @@ def train(
     ``on_epoch(epoch, model)`` runs after every epoch (1-based); it may raise to stop training early.
     A method that raises or returns a non-finite loss stops training with :class:`MethodFailure`.
     With a ``checkpoint`` path, everything training depends on (weights, optimizer, schedule, gradient
-    scaler, random generators) is written there after every epoch, and a run that finds the file
+    scaler, random generators) is written there after every epoch but the last, and a run that finds the file
     continues after its last epoch: interrupted and resumed, it ends with the same weights as a run
     that was never interrupted.
     """
@@ -240,7 +240,7 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-        if checkpoint is not None:
+        if checkpoint is not None and epoch < settings.epochs:  # after the last, the caller stores the model
             from autokd.storage import write_atomically
 
             write_atomically(
