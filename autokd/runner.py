@@ -337,6 +337,7 @@ class TrialRunner:
         self.emit = emit
         self.latency_lock = latency_lock if latency_lock is not None else machine_latency_lock()
         self.teacher = resources.teacher_reference()
+        self.last_skipped = False  # whether the last proposal was skipped before training (Budget counts it)
 
     # -- before training -------------------------------------------------------------------------
 
@@ -364,12 +365,14 @@ class TrialRunner:
         if over:
             for key, value in violations.items():
                 trial.set_constraint(key, value)  # infeasible: constrained samplers learn the region
+            measured_as = {
+                "max_size_kb": ("size", measured["size_kb"], "KB"),
+                "max_latency_ms": ("latency", measured["latency_ms"], "ms"),
+            }
             reason = "; ".join(
-                f"{'size' if key == 'max_size_kb' else 'latency'} "
-                f"{measured['size_kb' if key == 'max_size_kb' else 'latency_ms']:.3g} "
-                f"{'KB' if key == 'max_size_kb' else 'ms'} over constraints.{key} = "
-                f"{getattr(constraints, key):g}"
-                for key in over
+                f"{what} {value:.3g} {unit} over constraints.{key} = {getattr(constraints, key):g}"
+                for key, (what, value, unit) in measured_as.items()
+                if key in over
             )
             skipped = {**measured, "reason": f"over budget: {reason}", "dominated_by": None}
         elif self.study.prescreen and (skipped := self._screen(measured)) is not None:
@@ -383,8 +386,6 @@ class TrialRunner:
         )
         return None
 
-    last_skipped = False  # whether the last proposal was skipped before training
-
     def _measure(self, config: TrialConfig) -> dict:
         start = time.perf_counter()
         measured = measure_untrained(config, self.resources.data, self.teacher, self.latency_lock)
@@ -397,12 +398,11 @@ class TrialRunner:
         (PRUNED: measured, never trained, never counted) and enqueue the one with the largest expected
         hypervolume gain, so the driver's next trial trains it with its measurement."""
         count = self.study.sampler.candidates
-        completed = self._completed()
-        if count <= 1 or not completed:
+        if count <= 1:
             return
-        points = [tuple(t.values) for t in completed]
-        feasible = [tuple(t.values) for t in completed if _feasible(t)]
-        reference = tuple(self.optuna_study.user_attrs["reference_point"][k] for k in OBJECTIVES)
+        points, feasible, reference = self._front_inputs()
+        if not points:
+            return
         constraints = self.study.constraints
         scored = []
         for _ in range(count):
@@ -445,21 +445,27 @@ class TrialRunner:
             trial.params, user_attrs={CHOSEN_MEASUREMENT: measured}, skip_if_exists=False
         )
 
-    def _screen(self, measured: dict) -> dict | None:
-        """``measured`` with why, when the untrained student could not extend the front even at an
-        optimistic retention (:mod:`autokd.strategy`); None when it should be trained."""
+    def _front_inputs(self) -> tuple[list, list, tuple]:
+        """What the strategy compares a candidate with: every completed trial's objective values, the
+        feasible ones among them (the front is theirs), and the study's reference point."""
         completed = self._completed()
-        if not completed:
-            return None
         points = [tuple(t.values) for t in completed]
         feasible = [tuple(t.values) for t in completed if _feasible(t)]
         reference = tuple(self.optuna_study.user_attrs["reference_point"][k] for k in OBJECTIVES)
+        return points, feasible, reference
+
+    def _screen(self, measured: dict) -> dict | None:
+        """``measured`` with why, when the untrained student could not extend the front even at an
+        optimistic retention (:mod:`autokd.strategy`); None when it should be trained."""
+        points, feasible, reference = self._front_inputs()
+        if not points:
+            return None
         compression, latency = measured["compression"], measured["latency_ms"]
         bound = retention_bound(compression, points)
         if could_extend_front(compression, latency, feasible, reference, bound=bound):
             return None
         by = dominating((bound, compression, latency), feasible)
-        numbers = [t.number for t in completed if _feasible(t)]
+        numbers = [t.number for t in self._completed() if _feasible(t)]
         dominated_by = numbers[by] if by is not None else None
         why = (
             f"trial {dominated_by} is as small and as fast with retention >= {bound:.3f}, the most this "
