@@ -109,9 +109,12 @@ def _report(args: argparse.Namespace) -> int:
 def _confirm(args: argparse.Namespace) -> int:
     import autokd
 
-    autokd.confirm(args.run_dir, top=args.top, seeds=args.seeds, log=LOG.info)
+    autokd.confirm(args.run_dir, top=args.top, seeds=args.seeds, baselines=args.baselines, log=LOG.info)
     out = autokd.report(args.run_dir, args.reports_dir)
-    print(f"confirmed; report: {out / 'index.html'} (summary.md: 'Confirmed over seeds', confirmed.csv)")
+    extra = ", 'Searched settings against the usual ones', baselines.csv" if args.baselines else ""
+    print(
+        f"confirmed; report: {out / 'index.html'} (summary.md: 'Confirmed over seeds'{extra}, confirmed.csv)"
+    )
     return 0
 
 
@@ -232,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--top", type=int, default=None, help="front points adding the most hypervolume (default: all)"
     )
     confirm.add_argument("--seeds", type=int, default=2, help="new seeds per front point (default 2)")
+    confirm.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also train each point's architecture on hard labels and with Hinton KD (T = 4, 0.9 / 0.1), "
+        "over the same seeds: is the search worth it?",
+    )
     confirm.add_argument(
         "--reports-dir", type=Path, default=Path("reports"), help="where reports go (default: reports)"
     )

@@ -9,13 +9,19 @@ budget nor seen by its sampler. Running the command again continues where it sto
 ``--seeds`` adds seeds. The report then shows each confirmed point as mean ± std over all its seeds
 (the search's own run included), the front recomputed on those means, and marks a point whose
 confirmation fell below the retention floor.
+
+``--baselines`` answers whether the search was worth it: each chosen point's architecture (same
+student, epochs, quantization) is also trained (a) on hard labels alone and (b) with the literature's
+defaults, Hinton KD at T = 4 with 0.9 distillation / 0.1 task weighting, each over the same seeds as
+the searched setting (the search's own seed and the confirmation seeds), stored as the study attribute
+``baselines`` (``{trial number: {variant: [run, ...]}}``) and shown beside the confirmed points.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +29,18 @@ import numpy as np
 from autokd.pareto import OBJECTIVES, hypervolume
 
 CONFIRMATIONS = "confirmations"
+BASELINES = "baselines"
+# What a user would train without autokd: the config fields each baseline replaces.
+BASELINE_VARIANTS = {
+    "hard_labels": {"methods": (), "distillation_share": 0.0, "method_weights": {}, "method_params": {}},
+    "literature_kd": {
+        "methods": ("hinton_kd",),
+        "distillation_share": 0.9,
+        "method_weights": {},
+        "method_params": {"hinton_kd": {"temperature": 4.0}},
+    },
+}
+BASELINE_TITLES = {"hard_labels": "hard labels only", "literature_kd": "Hinton KD, T = 4, 0.9 / 0.1"}
 SEED_STRIDE = 7919  # confirmation seed k of a trial: its own seed + k * SEED_STRIDE
 
 
@@ -59,15 +77,22 @@ def confirmation_seeds(seed: int, count: int) -> list[int]:
     return [(seed + k * SEED_STRIDE) % 2**31 for k in range(1, count + 1)]
 
 
+def baseline_config(config, variant: str, seed: int):
+    """``config``'s architecture and training budget with the loss of baseline ``variant``."""
+    return replace(config, seed=seed, **BASELINE_VARIANTS[variant])
+
+
 def confirm(
     run_dir: str | Path,
     *,
     top: int | None = None,
     seeds: int = 2,
+    baselines: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[dict]]:
-    """Train the front's configurations with ``seeds`` new seeds each; return every confirmation run
-    stored so far, by trial number (see the module docstring)."""
+    """Train the front's configurations with ``seeds`` new seeds each (and, with ``baselines``, their
+    architectures' baselines over the same seeds); return every confirmation run stored so far, by
+    trial number (see the module docstring)."""
     import optuna
 
     from autokd.config import parse_study
@@ -102,19 +127,32 @@ def confirm(
             k: list(v) for k, v in optuna_study.user_attrs.get(CONFIRMATIONS, {}).items()
         }
         teacher, lock = resources.teacher_reference(), machine_latency_lock()
-        todo = []
+        stored_baselines: dict[str, dict[str, list[dict]]] = {
+            k: {variant: list(runs) for variant, runs in v.items()}
+            for k, v in optuna_study.user_attrs.get(BASELINES, {}).items()
+        }
+        todo = []  # (record, config to train, variant or None for the searched setting)
         for record in chosen:
             config = TrialConfig.from_dict(record.config)
             done = {run["seed"] for run in stored.get(str(record.number), [])}
-            todo += [(record, config, s) for s in confirmation_seeds(config.seed, seeds) if s not in done]
+            new_seeds = confirmation_seeds(config.seed, seeds)
+            todo += [(record, replace(config, seed=s), None) for s in new_seeds if s not in done]
+            for variant in BASELINE_VARIANTS if baselines else ():
+                done = {run["seed"] for run in stored_baselines.get(str(record.number), {}).get(variant, [])}
+                todo += [
+                    (record, baseline_config(config, variant, s), variant)
+                    for s in [config.seed, *new_seeds]
+                    if s not in done
+                ]
+        what = " and their baselines (hard labels; Hinton KD, T = 4, 0.9)" if baselines else ""
         log(
-            f"confirming {len(chosen)} front point(s) of '{study.name}' with {seeds} new seed(s) each: "
+            f"confirming {len(chosen)} front point(s) of '{study.name}' with {seeds} new seed(s) each{what}: "
             f"{len(todo)} run(s) to train"
         )
-        for i, (record, config, seed) in enumerate(todo, 1):
+        for i, (record, config, variant) in enumerate(todo, 1):
             start = time.perf_counter()
             result = run_trial(
-                dataclasses.replace(config, seed=seed),
+                config,
                 resources.data,
                 teacher,
                 latency_lock=lock,
@@ -122,7 +160,7 @@ def confirm(
                 amp=study.training.amp,
             )
             run = {
-                "seed": seed,
+                "seed": config.seed,
                 "retention": result.retention,
                 "int8_accuracy": result.int8_accuracy,
                 "fp32_accuracy": result.fp32_accuracy,
@@ -130,13 +168,18 @@ def confirm(
                 "latency_ms": result.latency_ms,
                 "wall_seconds": time.perf_counter() - start,
             }
-            stored.setdefault(str(record.number), []).append(run)
-            with _quiet_optuna(optuna):
-                optuna_study.set_user_attr(CONFIRMATIONS, stored)  # after every run: nothing is lost
+            with _quiet_optuna(optuna):  # after every run: nothing is lost
+                if variant is None:
+                    stored.setdefault(str(record.number), []).append(run)
+                    optuna_study.set_user_attr(CONFIRMATIONS, stored)
+                else:
+                    stored_baselines.setdefault(str(record.number), {}).setdefault(variant, []).append(run)
+                    optuna_study.set_user_attr(BASELINES, stored_baselines)
+            label = "" if variant is None else f" {BASELINE_TITLES[variant]}"
             log(
-                f"confirm {i}/{len(todo)}: trial {record.number} seed {seed}: retention {result.retention:.3f} "
-                f"(search: {record.result.retention:.3f}), INT8 top-1 {result.int8_accuracy:.4f}, "
-                f"{run['wall_seconds']:.0f} s"
+                f"confirm {i}/{len(todo)}: trial {record.number}{label} seed {config.seed}: retention "
+                f"{result.retention:.3f} (search: {record.result.retention:.3f}), INT8 top-1 "
+                f"{result.int8_accuracy:.4f}, {run['wall_seconds']:.0f} s"
             )
     return stored
 

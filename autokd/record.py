@@ -127,6 +127,9 @@ class StudyRecord:
     trials: list[TrialRecord]
     extensions: list[str] = field(default_factory=list)  # extension files the study loaded (absolute)
     confirmations: dict = field(default_factory=dict)  # autokd confirm: {trial number: [run, ...]}
+    baselines: dict = field(
+        default_factory=dict
+    )  # autokd confirm --baselines: {trial: {variant: [run, ...]}}
 
     def trial(self, number: int) -> TrialRecord:
         """Trial ``number``; ``KeyError`` when the study has none by that number."""
@@ -183,6 +186,7 @@ def records_of(study: optuna.Study, run_dir: Path) -> StudyRecord:
         trials=[_record(t, interrupted) for t in study.get_trials(deepcopy=False)],
         extensions=list(attrs.get("extensions", [])),
         confirmations=dict(attrs.get("confirmations", {})),
+        baselines=dict(attrs.get("baselines", {})),
     )
 
 

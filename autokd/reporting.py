@@ -64,6 +64,7 @@ class StudyResults:
     settings: dict
     executions: list[dict]
     confirmations: dict = dataclasses.field(default_factory=dict)
+    baselines: dict = dataclasses.field(default_factory=dict)
 
 
 def trials_frame(records: StudyRecord) -> pd.DataFrame:
@@ -147,6 +148,7 @@ def load_results(run_dir: Path) -> StudyResults:
         settings=records.settings,
         executions=records.executions,
         confirmations=records.confirmations,
+        baselines=records.baselines,
     )
 
 
@@ -186,6 +188,86 @@ def confirmed_front(results: StudyResults) -> pd.DataFrame:
         means = frame[["retention_mean", "compression", "latency_ms"]].to_numpy(dtype=float)
         frame["on_front_of_means"] = pareto_mask(means)
     return frame
+
+
+def baseline_comparison(results: StudyResults) -> pd.DataFrame:
+    """One row per front point with baselines (``autokd confirm --baselines``): INT8 top-1 and
+    retention as mean and standard deviation over the same seeds for the searched setting (the search's
+    run and its confirmations) and for each baseline of the same architecture. ``margin`` is the
+    searched mean's lead over the better baseline's, ``beats_baselines`` whether that lead exceeds the
+    largest of the standard deviations compared."""
+    from autokd.confirmation import BASELINE_VARIANTS
+
+    confirmed = confirmed_front(results)
+    rows = []
+    for number, variants in sorted(results.baselines.items(), key=lambda kv: int(kv[0])):
+        searched = confirmed[confirmed["trial"] == int(number)] if len(confirmed) else confirmed
+        if not len(searched) or not all(variants.get(v) for v in BASELINE_VARIANTS):
+            continue
+        first = searched.iloc[0]
+        row = {
+            "trial": int(number),
+            "family": first["family"],
+            "method": first["method"],
+            "compression": first["compression"],
+            "seeds": int(first["seeds"]),
+            "searched_int8_mean": first["int8_accuracy_mean"],
+            "searched_int8_std": first["int8_accuracy_std"],
+            "searched_retention_mean": first["retention_mean"],
+        }
+        for variant in BASELINE_VARIANTS:
+            accuracy = np.array([r["int8_accuracy"] for r in variants[variant]], dtype=float)
+            retention = np.array([r["retention"] for r in variants[variant]], dtype=float)
+            row[f"{variant}_seeds"] = len(accuracy)
+            row[f"{variant}_int8_mean"] = accuracy.mean()
+            row[f"{variant}_int8_std"] = accuracy.std(ddof=1) if len(accuracy) > 1 else float("nan")
+            row[f"{variant}_retention_mean"] = retention.mean()
+        best = max(row[f"{v}_int8_mean"] for v in BASELINE_VARIANTS)
+        spread = np.nanmax([row["searched_int8_std"], *(row[f"{v}_int8_std"] for v in BASELINE_VARIANTS)])
+        row["margin"] = row["searched_int8_mean"] - best
+        row["beats_baselines"] = bool(row["margin"] > spread)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def baseline_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`baseline_comparison` as display strings, the columns the report shows."""
+    from autokd.confirmation import BASELINE_TITLES
+
+    def cell(r: dict, prefix: str) -> str:
+        return f"{r[f'{prefix}_int8_mean']:.4f} ± {r[f'{prefix}_int8_std']:.4f}"
+
+    return pd.DataFrame(
+        [
+            {
+                "trial": r["trial"],
+                "family": r["family"],
+                "x smaller": f"{r['compression']:.1f}x",
+                "seeds": r["seeds"],
+                "searched method": r["method"],
+                "searched": cell(r, "searched"),
+                **{title: cell(r, v) for v, title in BASELINE_TITLES.items()},
+                "lead over the better baseline": f"{r['margin']:+.4f}",
+                "lead > largest std": "yes" if r["beats_baselines"] else "no",
+            }
+            for r in frame.to_dict("records")
+        ]
+    )
+
+
+BASELINES_NOTE = (
+    "INT8 test top-1, mean ± std over the same seeds, of the same architecture trained with the searched "
+    "settings, on hard labels alone, and with the literature's KD defaults."
+)
+
+
+def _baseline_lines(frame: pd.DataFrame) -> list[str]:
+    if not len(frame):
+        return []
+    title = (
+        f"## Searched settings against the usual ones ({len(frame)} front points, autokd confirm --baselines)"
+    )
+    return ["", title, "", BASELINES_NOTE, "", _markdown(baseline_table(frame))]
 
 
 def _confirmed_lines(frame: pd.DataFrame, floor: float) -> list[str]:
@@ -574,6 +656,7 @@ def summary_markdown(results: StudyResults, done: pd.DataFrame, front: pd.DataFr
         _markdown(readable(front, SHORT_COLUMNS).rename(columns=DECISION_COLUMNS)),
         "",
         *_confirmed_lines(confirmed_front(results), floor),
+        *_baseline_lines(baseline_comparison(results)),
         "",
         "## Trials",
         "- " + (", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "none yet"),
@@ -667,6 +750,9 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
     confirmed = confirmed_front(results)
     if len(confirmed):
         _write(out / "confirmed.csv", confirmed.to_csv(index=False))
+    compared = baseline_comparison(results)
+    if len(compared):
+        _write(out / "baselines.csv", compared.to_csv(index=False))
 
     teacher = results.teacher
     floor = results.settings.get("objectives", {}).get("retention_floor", 0.9)
@@ -719,6 +805,11 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
         if len(confirmed)
         else ""
     )
+    if len(compared):
+        confirmed_html += (
+            f"<h2>Searched settings against the usual ones ({len(compared)} front points)</h2>"
+            f"<p>{html.escape(BASELINES_NOTE)}</p>" + _html_table(baseline_table(compared))
+        )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autokd: {html.escape(results.name)}</title>
 {ERROR_CAPTURE}<style>{STYLE}</style></head><body>
 <div id="js-errors" hidden></div>

@@ -292,7 +292,8 @@ def own_data_export(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def confirmed_run(shared_runs):
-    """The tiny study searched (2 trials), then its best front point confirmed with one new seed."""
+    """The tiny study searched (2 trials), then its best front point confirmed with one new seed, and
+    its baselines trained over the same two seeds."""
     import autokd
 
     document = copy.deepcopy(TINY_STUDY)
@@ -301,4 +302,5 @@ def confirmed_run(shared_runs):
         document, runs_dir=shared_runs, reports_dir=None, log=lambda _: None, progress=False
     )
     autokd.confirm(result.run_dir, top=1, seeds=1, log=lambda _: None)
+    autokd.confirm(result.run_dir, top=1, seeds=1, baselines=True, log=lambda _: None)
     return result.run_dir

@@ -6,9 +6,10 @@ import pytest
 
 import autokd
 from autokd.cli import main
-from autokd.confirmation import CONFIRMATIONS, confirmation_seeds
-from autokd.reporting import confirmed_front, load_results
+from autokd.confirmation import BASELINES, CONFIRMATIONS, baseline_config, confirmation_seeds
+from autokd.reporting import baseline_comparison, confirmed_front, load_results
 from autokd.storage import load_run_study
+from autokd.trial import TrialConfig
 
 
 def test_confirmation_seeds_are_new_and_the_same_on_every_rerun():
@@ -39,6 +40,49 @@ def test_the_report_shows_confirmed_points_as_mean_and_std(confirmed_run, tmp_pa
     summary = (out / "summary.md").read_text()
     assert "## Confirmed over seeds (1 front points" in summary and " ± " in summary
     assert (out / "confirmed.csv").exists()
+
+
+def test_a_baseline_changes_the_loss_and_nothing_else():
+    searched = TrialConfig(
+        family="resnet", width=0.25, depth=0.5, methods=("dkd",), distillation_share=0.4, epochs=8, qat=True
+    )
+    hard, literature = (baseline_config(searched, v, seed=7) for v in ("hard_labels", "literature_kd"))
+    assert hard.methods == () and hard.distillation_share == 0.0
+    assert literature.methods == ("hinton_kd",) and literature.distillation_share == 0.9
+    assert literature.method_params == {"hinton_kd": {"temperature": 4.0}}
+    for config in (hard, literature):
+        assert (config.family, config.width, config.depth, config.epochs, config.qat, config.seed) == (
+            "resnet",
+            0.25,
+            0.5,
+            8,
+            True,
+            7,
+        )
+
+
+@pytest.mark.slow
+def test_baselines_train_over_the_same_seeds_as_the_searched_setting(confirmed_run):
+    study = load_run_study(confirmed_run)
+    ((number, runs),) = study.user_attrs[CONFIRMATIONS].items()
+    searched_seeds = {study.trials[int(number)].user_attrs["config"]["seed"], *(r["seed"] for r in runs)}
+    variants = study.user_attrs[BASELINES][number]
+    assert set(variants) == {"hard_labels", "literature_kd"}
+    assert all({r["seed"] for r in v} == searched_seeds for v in variants.values())
+    assert len(study.trials) == 2  # never trials
+
+
+@pytest.mark.slow
+def test_the_report_puts_the_baselines_beside_the_searched_setting(confirmed_run, tmp_path):
+    (row,) = baseline_comparison(load_results(confirmed_run)).to_dict("records")
+    best = max(row["hard_labels_int8_mean"], row["literature_kd_int8_mean"])
+    assert row["margin"] == pytest.approx(row["searched_int8_mean"] - best)
+    out = autokd.report(confirmed_run, tmp_path)
+    summary = (out / "summary.md").read_text()
+    assert "## Searched settings against the usual ones (1 front points" in summary
+    assert "hard labels only" in summary and "Hinton KD, T = 4, 0.9 / 0.1" in summary
+    assert (out / "baselines.csv").exists()
+    assert "Searched settings against the usual ones" in (out / "index.html").read_text()
 
 
 def test_confirm_with_no_seeds_is_one_line(capsys, tmp_path):
