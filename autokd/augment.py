@@ -45,3 +45,25 @@ class CropFlip:
         if flip.any():
             views = torch.where(flip[:, None, None, None], views.flip(-1), views)
         return views.contiguous()
+
+
+@dataclass(frozen=True)
+class WithErasing:
+    """``views`` followed, per image, by torchvision's RandomErasing with probability ``probability``.
+
+    For training without a teacher-output cache only (the teacher itself): the erased rectangle is
+    drawn from torch's global generator, so a view is no longer described by its integers alone.
+    """
+
+    views: CropFlip
+    probability: float
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.views.sample(n, generator)
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import v2
+
+        erase = v2.RandomErasing(p=self.probability, value=0)  # 0: the value crops pad with
+        views = self.views.apply(images, params)
+        return torch.stack([erase(view) for view in views])  # one rectangle per image, not per batch

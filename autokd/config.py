@@ -181,6 +181,10 @@ class TeacherSection(_Section):
     batch_size: Annotated[int, Strict(), Field(ge=1, le=65536)] = 128
     lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    # Share of the teacher's training images that torchvision's RandomErasing blanks a random
+    # rectangle of (Zhong et al., AAAI 2020), on top of the study's crop and flip; 0 turns it off.
+    # Only the teacher's own training sees it: the cached views students learn from stay crop and flip.
+    random_erasing: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     @model_validator(mode="after")
     def _factory_fields(self) -> TeacherSection:
@@ -531,6 +535,8 @@ def _teacher_identity(teacher: TeacherSection) -> dict:
     for field in ("factory", "feature_nodes"):  # added after 0.2: absent from older teachers' keys
         if identity[field] is None:
             del identity[field]
+    if identity["random_erasing"] == 0:  # added after 0.2 too: off, older teachers keep their keys
+        del identity["random_erasing"]
     return identity
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from autokd.augment import CropFlip
+from autokd.augment import CropFlip, WithErasing
 from autokd.config import Study
 from autokd.data import DataSplits
 from autokd.quantize import fp32_weight_bytes
@@ -96,6 +96,15 @@ def augmentation_of(study: Study) -> CropFlip | None:
     """The study's augmentation, or None when it is off."""
     a = study.augmentation
     return CropFlip(padding=a.padding, hflip=a.hflip) if a.enabled else None
+
+
+def _teacher_augmentation(study: Study) -> CropFlip | WithErasing | None:
+    """What the teacher trains on: the study's augmentation, with random erasing where the teacher asks."""
+    views = augmentation_of(study)
+    p = study.teacher.random_erasing
+    if p == 0:
+        return views
+    return WithErasing(views if views is not None else CropFlip(padding=0, hflip=False), p)
 
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -408,7 +417,7 @@ def _train_or_load(
                 device=device,
                 amp=study.training.amp,
             ),
-            augmentation=augmentation_of(study),
+            augmentation=_teacher_augmentation(study),
             on_epoch=report,
             checkpoint=checkpoint,
         )

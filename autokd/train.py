@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autokd.augment import CropFlip
+from autokd.augment import CropFlip, WithErasing
 from autokd.data.stream import StreamedImages, batches, chunked
 from autokd.devices import amp_dtype, autocast, device_of
 from autokd.features import feature_stage_indices, forward_with_features
@@ -135,7 +135,7 @@ def train(
     methods: Sequence[WeightedMethod] = (),
     distillation_share: float = 0.7,
     teacher: TeacherOutputs | None = None,
-    augmentation: CropFlip | None = None,
+    augmentation: CropFlip | WithErasing | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     checkpoint: Path | None = None,
 ) -> None:

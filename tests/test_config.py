@@ -87,6 +87,16 @@ def test_teacher_key_changes_with_teacher_and_data_but_not_search_space():
     assert base.teacher_key() != parse_study({"name": "a", "data": {"train_subsample": 100}}).teacher_key()
 
 
+def test_random_erasing_gives_the_teacher_its_own_key_and_off_keeps_the_old_one():
+    base = parse_study({"name": "a"})
+    assert base.teacher_key() == parse_study({"name": "a", "teacher": {"random_erasing": 0}}).teacher_key()
+    assert base.teacher_key() != parse_study({"name": "a", "teacher": {"random_erasing": 0.5}}).teacher_key()
+
+
+def test_random_erasing_above_one_names_the_field():
+    assert "teacher.random_erasing" in error_of({"name": "a", "teacher": {"random_erasing": 1.5}})
+
+
 def test_shipped_studies_are_valid():
     for path in sorted((REPO / "studies").glob("*.yaml")):
         load_study_file(path)

@@ -197,8 +197,14 @@ def test_a_run_of_a_few_steps_trains(images):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_training_interrupted_and_resumed_from_its_checkpoint_ends_as_if_never_interrupted(data, tmp_path):
-    from autokd.augment import CropFlip
+@pytest.mark.parametrize("erasing", [0.0, 0.5], ids=["crop-flip", "with-random-erasing"])
+def test_training_interrupted_and_resumed_from_its_checkpoint_ends_as_if_never_interrupted(
+    data, tmp_path, erasing
+):
+    from autokd.augment import CropFlip, WithErasing
+
+    def augmentation():
+        return WithErasing(CropFlip(), erasing) if erasing else CropFlip()
 
     x, y = data
     settings = TrainSettings(epochs=3, batch_size=4)
@@ -208,7 +214,7 @@ def test_training_interrupted_and_resumed_from_its_checkpoint_ends_as_if_never_i
         return build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1)
 
     straight = fresh()
-    train(straight, x, y, settings, augmentation=CropFlip())
+    train(straight, x, y, settings, augmentation=augmentation())
 
     class Interrupt(Exception):
         pass
@@ -220,7 +226,13 @@ def test_training_interrupted_and_resumed_from_its_checkpoint_ends_as_if_never_i
     checkpoint = tmp_path / "ckpt.pt"
     with pytest.raises(Interrupt):
         train(
-            fresh(), x, y, settings, augmentation=CropFlip(), on_epoch=stop_after_first, checkpoint=checkpoint
+            fresh(),
+            x,
+            y,
+            settings,
+            augmentation=augmentation(),
+            on_epoch=stop_after_first,
+            checkpoint=checkpoint,
         )
     resumed = fresh()
     epochs_run = []
@@ -229,7 +241,7 @@ def test_training_interrupted_and_resumed_from_its_checkpoint_ends_as_if_never_i
         x,
         y,
         settings,
-        augmentation=CropFlip(),
+        augmentation=augmentation(),
         checkpoint=checkpoint,
         on_epoch=lambda e, _: epochs_run.append(e),
     )
