@@ -109,7 +109,14 @@ def _report(args: argparse.Namespace) -> int:
 def _confirm(args: argparse.Namespace) -> int:
     import autokd
 
-    autokd.confirm(args.run_dir, top=args.top, seeds=args.seeds, baselines=args.baselines, log=LOG.info)
+    autokd.confirm(
+        args.run_dir,
+        top=args.top,
+        seeds=args.seeds,
+        baselines=args.baselines,
+        trials=args.trial,
+        log=LOG.info,
+    )
     out = autokd.report(args.run_dir, args.reports_dir)
     extra = ", 'Searched settings against the usual ones', baselines.csv" if args.baselines else ""
     print(
@@ -233,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("run_dir", help="run folder of a study, e.g. runs/quickstart")
     confirm.add_argument(
         "--top", type=int, default=None, help="front points adding the most hypervolume (default: all)"
+    )
+    confirm.add_argument(
+        "--trial",
+        type=int,
+        action="append",
+        metavar="N",
+        help="confirm front point N only, e.g. the one you will ship (repeat for several)",
     )
     confirm.add_argument("--seeds", type=int, default=2, help="new seeds per front point (default 2)")
     confirm.add_argument(

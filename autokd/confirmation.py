@@ -56,8 +56,9 @@ def contributions(points: np.ndarray, reference) -> np.ndarray:
     )
 
 
-def front_to_confirm(records, top: int | None) -> list:
-    """The front's trials (feasible, completed), the ``top`` largest hypervolume contributions first."""
+def front_to_confirm(records, top: int | None, only: list[int] | None = None) -> list:
+    """The front's trials (feasible, completed), the ``top`` largest hypervolume contributions first;
+    with ``only``, those front points alone (ConfirmError naming any that is not on the front)."""
     from autokd.reporting import load_results
 
     trials = load_results(records.run_dir).trials
@@ -69,6 +70,14 @@ def front_to_confirm(records, top: int | None) -> list:
     gains = contributions(front[list(OBJECTIVES)].to_numpy(dtype=float), reference)
     order = np.argsort(-gains, kind="stable")
     numbers = [int(front["trial"].iloc[i]) for i in order]
+    if only:
+        off_front = [n for n in only if n not in numbers]
+        if off_front:
+            raise ConfirmError(
+                f"--trial {off_front[0]}: not on the front of study '{records.name}'; its front points are "
+                f"trials {', '.join(map(str, sorted(numbers)))}"
+            )
+        numbers = [n for n in numbers if n in only]
     return [records.trial(n) for n in (numbers[:top] if top else numbers)]
 
 
@@ -88,11 +97,12 @@ def confirm(
     top: int | None = None,
     seeds: int = 2,
     baselines: bool = False,
+    trials: list[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[dict]]:
-    """Train the front's configurations with ``seeds`` new seeds each (and, with ``baselines``, their
-    architectures' baselines over the same seeds); return every confirmation run stored so far, by
-    trial number (see the module docstring)."""
+    """Train the front's configurations (or the front points ``trials``) with ``seeds`` new seeds each
+    (and, with ``baselines``, their architectures' baselines over the same seeds); return every
+    confirmation run stored so far, by trial number (see the module docstring)."""
     import optuna
 
     from autokd.config import parse_study
@@ -112,7 +122,7 @@ def confirm(
         records = load_records(run_dir)
     except (FileNotFoundError, LookupError) as exc:
         raise ConfirmError(f"{exc}; run 'autokd search STUDY' first") from None
-    chosen = front_to_confirm(records, top)
+    chosen = front_to_confirm(records, top, trials)
     load_extension_files(records.extensions)
     study = parse_study(records.settings, f"{run_dir} (stored study)")
     with StudyOwner(run_dir, study.name):

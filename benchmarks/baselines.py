@@ -31,11 +31,14 @@ def main() -> None:
     )
     parser.add_argument("run_dir", help="run folder of a searched study, e.g. runs/fashion_mnist")
     parser.add_argument("--top", type=int, default=3, help="front points adding the most hypervolume")
+    parser.add_argument(
+        "--trial", type=int, action="append", metavar="N", help="front point N only (repeatable)"
+    )
     parser.add_argument("--seeds", type=int, default=2, help="new seeds per point (the search's own is kept)")
     parser.add_argument("--no-train", action="store_true", help="print what is stored, train nothing")
     args = parser.parse_args()
     if not args.no_train:
-        autokd.confirm(args.run_dir, top=args.top, seeds=args.seeds, baselines=True)
+        autokd.confirm(args.run_dir, top=args.top, seeds=args.seeds, baselines=True, trials=args.trial)
     results = load_results(args.run_dir)
     teacher = results.teacher
     print(

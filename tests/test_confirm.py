@@ -6,7 +6,14 @@ import pytest
 
 import autokd
 from autokd.cli import main
-from autokd.confirmation import BASELINES, CONFIRMATIONS, baseline_config, confirmation_seeds
+from autokd.confirmation import (
+    BASELINES,
+    CONFIRMATIONS,
+    baseline_config,
+    confirmation_seeds,
+    front_to_confirm,
+)
+from autokd.record import load_records
 from autokd.reporting import baseline_comparison, confirmed_front, load_results
 from autokd.storage import load_run_study
 from autokd.trial import TrialConfig
@@ -93,3 +100,18 @@ def test_confirm_with_no_seeds_is_one_line(capsys, tmp_path):
 def test_confirm_of_a_folder_without_a_study_is_one_line(capsys, tmp_path):
     assert main(["confirm", str(tmp_path)]) == 2
     assert "holds no study" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_confirm_trial_picks_that_front_point_only(confirmed_run):
+    records = load_records(confirmed_run)
+    front = [config.number for config in front_to_confirm(records, None)]
+    chosen = front_to_confirm(records, None, only=[front[-1]])
+    assert [config.number for config in chosen] == [front[-1]]
+
+
+@pytest.mark.slow
+def test_confirm_trial_off_the_front_is_one_line_listing_the_front(confirmed_run, capsys):
+    assert main(["confirm", str(confirmed_run), "--trial", "99"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--trial 99: not on the front" in err and "its front points are trials" in err and "\n" not in err
