@@ -168,6 +168,7 @@ def confirm(
                 latency_lock=lock,
                 device=resources.device,
                 amp=study.training.amp,
+                cpu_bf16=study.training.cpu_bf16,
             )
             run = {
                 "seed": config.seed,

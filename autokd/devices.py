@@ -1,5 +1,5 @@
 """Where training runs: ``training.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) and
-automatic mixed precision on CUDA.
+automatic mixed precision (on CUDA, and bfloat16 on the CPU where a study asks for it).
 
 Teacher training, the teacher-output cache and student training run on the device; quantization and
 the latency objective always run on the deployment runtime the study names (a CPU runtime), so
@@ -54,9 +54,12 @@ def resolve_device(spec: str = "auto", worker: int = 0) -> torch.device:
     return torch.device("cuda", index)
 
 
-def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+def amp_dtype(device: torch.device, enabled: bool = True, cpu_bf16: bool = False) -> torch.dtype | None:
     """The autocast dtype for training on ``device``: bfloat16 on CUDA GPUs that support it, else
-    float16; None (full FP32) off CUDA or when ``enabled`` is False."""
+    float16 (None when ``enabled`` is False); on the CPU bfloat16 with ``cpu_bf16``, else None (FP32);
+    None on any other device."""
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_bf16 else None
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

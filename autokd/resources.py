@@ -168,8 +168,8 @@ def prepare_resources(
         log(f"data: {note}")
     check_checkpoint(study, data)  # before the teacher's folder (named after the file's hash) exists
     device = resolve_device(study.training.device, worker)
-    if device.type != "cpu":
-        precision = amp_dtype(device, study.training.amp)
+    precision = amp_dtype(device, study.training.amp, study.training.cpu_bf16)
+    if device.type != "cpu" or precision:
         log(
             f"device {device}"
             + (f", mixed precision {str(precision).removeprefix('torch.')}" if precision else "")

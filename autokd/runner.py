@@ -144,6 +144,7 @@ RESUMABLE_CHANGES = (
     "training.threads",
     "training.device",  # where trials train, not what a trial is (the latency runtime is fixed)
     "training.amp",
+    "training.cpu_bf16",
     "parallel.",
     "teacher_cache",
     "teacher_cache_max_gb",
@@ -531,6 +532,7 @@ class TrialRunner:
                 artifact_dir=trial_dir(self.resources.run_dir, number),
                 device=self.resources.device,
                 amp=self.study.training.amp,
+                cpu_bf16=self.study.training.cpu_bf16,
             )
         except TrialStopped as stopped:
             return Outcome(TrialState.PRUNED, stop=stopped.stop)

@@ -416,6 +416,7 @@ def _train_or_load(
                 seed=study.seed,
                 device=device,
                 amp=study.training.amp,
+                cpu_bf16=study.training.cpu_bf16,
             ),
             augmentation=_teacher_augmentation(study),
             on_epoch=report,

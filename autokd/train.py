@@ -49,6 +49,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"  # a torch device string (autokd.devices.resolve_device gives it)
     amp: bool = False  # mixed precision where the device has it (CUDA): bf16 where supported, else fp16
+    cpu_bf16: bool = False  # on the CPU: bfloat16 autocast, model and batches channels-last
 
 
 @dataclass
@@ -159,7 +160,12 @@ def train(
     model.to(device)
     for entry in methods:
         entry.method.to(device)
-    precision = amp_dtype(device, settings.amp)
+    precision = amp_dtype(device, settings.amp, settings.cpu_bf16)
+    # oneDNN's bfloat16 convolutions are fastest on channels-last tensors (measured 1.1-1.3x on top
+    # of autocast); the model goes back to the default layout after training
+    layout = torch.channels_last if device.type == "cpu" and precision is not None else None
+    if layout is not None:
+        model.to(memory_format=layout)
     # float16 needs its gradients scaled; bfloat16 (and FP32) do not
     scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
     student_stages = [feature_stage_indices(model, e.method.needs_features) for e in methods]
@@ -200,62 +206,70 @@ def train(
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         first = state["epoch"] + 1
-    for epoch in range(first, settings.epochs + 1):
-        model.train()
-        for entry in methods:
-            entry.method.train()
-        order = torch.randperm(len(train_x), generator=generator)
-        # BatchNorm cannot train on a batch of one: such a last batch is left out
-        chunks = [idx for idx in order.split(settings.batch_size) if len(idx) >= 2]
-        for idx, x in chunked(train_x, chunks):
-            if teacher is not None:
-                view = torch.randint(0, teacher.num_views, (len(idx),), generator=generator)
-                x = teacher.view(x, idx, view)
-            elif augmentation is not None:
-                x = augmentation.apply(x, augmentation.sample(len(idx), generator))
-            x, y = x.to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
-            teacher_logits, teacher_by_stage = (
-                teacher.lookup(x, idx, view, all_teacher_stages) if needs_teacher else (None, {})
-            )
-            if teacher_logits is not None:
-                teacher_logits = teacher_logits.to(device, non_blocking=True)
-            teacher_by_stage = {s: f.to(device, non_blocking=True) for s, f in teacher_by_stage.items()}
-            with autocast(device, precision):
-                logits, student_features = forward_with_features(model, x, all_student_stages)
-            student_by_stage = dict(zip(all_student_stages, student_features, strict=True))
-            inputs = [
-                DistillInputs(
-                    student_logits=logits,
-                    targets=y,
-                    teacher_logits=teacher_logits,
-                    student_features=[student_by_stage[s] for s in s_stages],
-                    teacher_features=[teacher_by_stage[s] for s in t_stages],
+    try:
+        for epoch in range(first, settings.epochs + 1):
+            model.train()
+            for entry in methods:
+                entry.method.train()
+            order = torch.randperm(len(train_x), generator=generator)
+            # BatchNorm cannot train on a batch of one: such a last batch is left out
+            chunks = [idx for idx in order.split(settings.batch_size) if len(idx) >= 2]
+            for idx, x in chunked(train_x, chunks):
+                if teacher is not None:
+                    view = torch.randint(0, teacher.num_views, (len(idx),), generator=generator)
+                    x = teacher.view(x, idx, view)
+                elif augmentation is not None:
+                    x = augmentation.apply(x, augmentation.sample(len(idx), generator))
+                x, y = x.to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
+                if layout is not None and x.dim() == 4:
+                    x = x.contiguous(memory_format=layout)
+                teacher_logits, teacher_by_stage = (
+                    teacher.lookup(x, idx, view, all_teacher_stages) if needs_teacher else (None, {})
                 )
-                for s_stages, t_stages in zip(student_stages, teacher_stages, strict=True)
-            ]
-            with autocast(device, precision):
-                loss = distillation_loss(logits, y, methods, inputs, distillation_share)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-        if checkpoint is not None and epoch < settings.epochs:  # after the last, the caller stores the model
-            from autokd.storage import write_atomically
+                if teacher_logits is not None:
+                    teacher_logits = teacher_logits.to(device, non_blocking=True)
+                teacher_by_stage = {s: f.to(device, non_blocking=True) for s, f in teacher_by_stage.items()}
+                with autocast(device, precision):
+                    logits, student_features = forward_with_features(model, x, all_student_stages)
+                student_by_stage = dict(zip(all_student_stages, student_features, strict=True))
+                inputs = [
+                    DistillInputs(
+                        student_logits=logits,
+                        targets=y,
+                        teacher_logits=teacher_logits,
+                        student_features=[student_by_stage[s] for s in s_stages],
+                        teacher_features=[teacher_by_stage[s] for s in t_stages],
+                    )
+                    for s_stages, t_stages in zip(student_stages, teacher_stages, strict=True)
+                ]
+                with autocast(device, precision):
+                    loss = distillation_loss(logits, y, methods, inputs, distillation_share)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+            if (
+                checkpoint is not None and epoch < settings.epochs
+            ):  # after the last, the caller stores the model
+                from autokd.storage import write_atomically
 
-            write_atomically(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "methods": [entry.method.state_dict() for entry in methods],
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                },
-                checkpoint,
-            )
-        if on_epoch is not None:
-            on_epoch(epoch, model)
+                write_atomically(
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "methods": [entry.method.state_dict() for entry in methods],
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                    checkpoint,
+                )
+            if on_epoch is not None:
+                on_epoch(epoch, model)
+    finally:  # an early stop (raised by on_epoch) included
+        if layout is not None:
+            model.to(memory_format=torch.contiguous_format)
     model.eval()

@@ -259,9 +259,11 @@ def train_student(
     after_epoch: Callable[[int, nn.Module], None],
     device: str = "cpu",
     amp: bool = False,
+    cpu_bf16: bool = False,
 ) -> nn.Module:
-    """Train the config's student in FP32 (on ``device``, mixed precision with ``amp`` on CUDA), then
-    (with ``qat``) its last ``qat_epochs`` fake-quantized; the student is returned on the CPU."""
+    """Train the config's student in FP32 (on ``device``; mixed precision with ``amp`` on CUDA, bfloat16
+    with ``cpu_bf16`` on the CPU), then (with ``qat``) its last ``qat_epochs`` fake-quantized, in FP32
+    on the CPU; the student is returned on the CPU."""
     qat_epochs = config.qat_epochs if config.qat else 0
     if qat_epochs >= config.epochs:
         raise ValueError(f"qat_epochs ({qat_epochs}) must leave at least one FP32 epoch of {config.epochs}")
@@ -275,7 +277,14 @@ def train_student(
     }
     fp32_epochs = config.epochs - qat_epochs
     settings = TrainSettings(
-        fp32_epochs, config.batch_size, config.lr, config.weight_decay, config.seed, device=device, amp=amp
+        fp32_epochs,
+        config.batch_size,
+        config.lr,
+        config.weight_decay,
+        config.seed,
+        device=device,
+        amp=amp,
+        cpu_bf16=cpu_bf16,
     )
     train(student, data.train_x, data.train_y, settings, on_epoch=after_epoch, **common)
     student.cpu()
@@ -285,7 +294,10 @@ def train_student(
             {i for e in methods for i in feature_stage_indices(student, e.method.needs_features)}
         )
         qat_student = prepare_qat(student, data.train_x[: config.batch_size], indices)
-        settings = dataclasses.replace(settings, epochs=qat_epochs, lr=config.lr * QAT_LR_FACTOR)
+        # fake quantization simulates INT8 from FP32 values: no bfloat16 autocast around it
+        settings = dataclasses.replace(
+            settings, epochs=qat_epochs, lr=config.lr * QAT_LR_FACTOR, cpu_bf16=False
+        )
         train(
             qat_student,
             data.train_x,
@@ -309,14 +321,15 @@ def run_trial(
     artifact_dir: Path | None = None,
     device: str = "cpu",
     amp: bool = False,
+    cpu_bf16: bool = False,
 ) -> TrialResult:
     """Train, quantize and measure one student; return every metric (see the objective definitions).
 
     ``on_epoch(epoch, val_accuracy)`` is called after every epoch; raising from it stops the trial.
     ``latency_lock`` is the file that keeps training off the cores while a latency is measured.
     ``artifact_dir``, when given, receives the FP32 student's state dict (``student.pt``, what
-    ``autokd export`` rebuilds from) and the deployable INT8 artifact. ``device``/``amp``: where the
-    student trains (:mod:`autokd.devices`); quantization and latency are the CPU runtime's.
+    ``autokd export`` rebuilds from) and the deployable INT8 artifact. ``device``/``amp``/``cpu_bf16``: where
+    and in which precision the student trains (:mod:`autokd.devices`); quantization and latency are the CPU runtime's.
     """
     wall_start = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -331,7 +344,7 @@ def run_trial(
         cores.step_aside()
 
     with cores:
-        student = train_student(config, data, teacher, after_epoch, device, amp)
+        student = train_student(config, data, teacher, after_epoch, device, amp, cpu_bf16)
         train_seconds = time.perf_counter() - wall_start
         int8_model, fp32_model, quant_seconds = quantize_student(student, config, data)
 

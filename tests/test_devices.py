@@ -64,9 +64,47 @@ def test_a_gpu_index_beyond_the_machines_is_one_line(two_gpus):
         resolve_device("cuda:2")
 
 
-def test_mixed_precision_is_for_cuda_only():
+def test_mixed_precision_is_for_cuda_unless_the_study_asks_for_cpu_bf16():
     assert amp_dtype(torch.device("cpu")) is None
     assert amp_dtype(torch.device("cuda", 0), enabled=False) is None
+
+
+def test_cpu_bf16_autocasts_cpu_training_to_bfloat16():
+    assert amp_dtype(torch.device("cpu"), cpu_bf16=True) is torch.bfloat16
+
+
+def test_cpu_bf16_must_be_a_boolean():
+    with pytest.raises(StudyFileError, match="training.cpu_bf16"):
+        parse_study({"name": "a", "training": {"cpu_bf16": "yes"}})
+
+
+def test_cpu_bf16_training_runs_the_forward_pass_in_bfloat16_on_channels_last_batches(tiny_resources):
+    data = tiny_resources.data
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    model(data.train_x[:2])  # materialise the lazy layer
+    seen = []
+    model[0].register_forward_hook(
+        lambda module, inputs, output: (
+            seen.append((output.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last)))
+            if module.training
+            else None
+        )
+    )
+    train(model, data.train_x, data.train_y, TrainSettings(epochs=1, batch_size=64, cpu_bf16=True))
+    assert seen and all(entry == (torch.bfloat16, True) for entry in seen)
+
+
+def test_cpu_bf16_training_learns_and_returns_the_model_in_fp32_default_layout(tiny_resources):
+    data = tiny_resources.data
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(10)
+    )
+    model(data.train_x[:2])
+    settings = TrainSettings(epochs=3, batch_size=64, lr=0.01, cpu_bf16=True)
+    train(model, data.train_x, data.train_y, settings)
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    assert evaluate(model, data.val_x, data.val_y) > 0.5
 
 
 def test_training_on_the_named_device_with_amp_requested_learns(tiny_resources):

@@ -78,6 +78,7 @@ def ray_trial(
     run_dir: str | None = None,
     device: str = "cpu",
     amp: bool = False,
+    cpu_bf16: bool = False,
 ) -> None:
     """One Tune trial: :func:`autokd.trial.run_trial`, reporting its validation accuracies after each
     epoch but the last (for :class:`MedianStopping`) and then its result, or its error, once."""
@@ -106,6 +107,7 @@ def ray_trial(
                 artifact_dir=trial_dir(Path(run_dir), config[NUMBER]) if run_dir else None,
                 device=str(trial_device),
                 amp=amp,
+                cpu_bf16=cpu_bf16,
             )
     except Exception as exc:  # noqa: BLE001 - reported, so the study records the same one-line error
         tune.report({ERROR: f"{type(exc).__name__}: {exc}"})
@@ -315,6 +317,7 @@ def run(
                     run_dir=str(resources.run_dir.resolve()),
                     device=study.training.device,
                     amp=study.training.amp,
+                    cpu_bf16=study.training.cpu_bf16,
                 ),
                 {"cpu": parallel.cpus_per_trial, "gpu": parallel.gpus_per_trial},
             )
