@@ -300,10 +300,10 @@ class TrainingSection(_Section):
     # Where teacher and students train (autokd.devices); the latency objective stays on the runtime.
     device: str = "auto"
     amp: StrictBool = True  # automatic mixed precision (bf16 where supported) on CUDA; no effect elsewhere
-    # bfloat16 autocast with channels-last tensors when training on the CPU: measured 1.4-1.6x faster
+    # bfloat16 autocast with channels-last tensors when training on the CPU: measured 1.6-2.1x faster
     # steps on a CPU with native bf16 (AVX512-BF16 and AMX: Intel Sapphire Rapids and later, AMD Zen 4
-    # and later; README, "Training on the CPU in bfloat16"), slower on CPUs without it. Quantization,
-    # evaluation and the latency objective stay FP32/INT8 as before.
+    # and later; README, "Fast trials", benchmarks/cpu_bf16.py), slower on CPUs without it. QAT epochs,
+    # quantization, evaluation and the latency objective stay FP32/INT8 as before.
     cpu_bf16: StrictBool = False
 
     @field_validator("device")

@@ -249,9 +249,8 @@ def train(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-            if (
-                checkpoint is not None and epoch < settings.epochs
-            ):  # after the last, the caller stores the model
+            # after the last epoch the caller stores the model
+            if checkpoint is not None and epoch < settings.epochs:
                 from autokd.storage import write_atomically
 
                 write_atomically(
