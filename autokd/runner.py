@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from tqdm import tqdm
 
@@ -41,7 +42,14 @@ from autokd.resources import Resources
 from autokd.space import make_sampler, sample_config
 from autokd.storage import StorageLocation, trial_dir
 from autokd.strategy import could_extend_front, dominating, expected_gain, retention_bound
-from autokd.trial import TrialConfig, TrialResult, measure_untrained, run_trial
+from autokd.trial import (
+    TrialConfig,
+    TrialResult,
+    architecture_key,
+    measure_student,
+    new_student,
+    run_trial,
+)
 
 MEDIAN_RULE = "median rule on validation accuracy"
 CHOSEN_MEASUREMENT = "candidate_measurement"  # user attribute of a trial enqueued by choose_candidate
@@ -339,6 +347,7 @@ class TrialRunner:
         self.latency_lock = latency_lock if latency_lock is not None else machine_latency_lock()
         self.teacher = resources.teacher_reference()
         self.last_skipped = False  # whether the last proposal was skipped before training (Budget counts it)
+        self._measured: dict[str, dict] = {}  # architecture key -> its untrained measurement
 
     # -- before training -------------------------------------------------------------------------
 
@@ -388,8 +397,21 @@ class TrialRunner:
         return None
 
     def _measure(self, config: TrialConfig) -> dict:
+        """Size and INT8 latency of ``config``'s untrained student, measured once per architecture in
+        this process: many sampled configs round to the same network (the quickstart-sized space's
+        208 candidates had 90 distinct ones), and the methods and their settings do not change it."""
         start = time.perf_counter()
-        measured = measure_untrained(config, self.resources.data, self.teacher, self.latency_lock)
+        torch.manual_seed(config.seed)
+        student = new_student(config, self.resources.data).eval()
+        key = architecture_key(student, config)
+        known = self._measured.get(key)
+        if known is None:
+            known = measure_student(student, config, self.resources.data, self.teacher, self.latency_lock)
+            known["architecture"] = key
+            self._measured[key] = known
+            measured = dict(known)
+        else:
+            measured = {**known, "measured_before": True}
         measured["prescreen_seconds"] = time.perf_counter() - start
         return measured
 

@@ -7,6 +7,7 @@ which returns a typed :class:`TrialResult`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -230,16 +231,35 @@ def measure_deployed_latency(
     )
 
 
-def measure_untrained(
-    config: TrialConfig, data: DataSplits, teacher: TeacherReference, latency_lock: Path | None = None
+def architecture_key(student: nn.Module, config: TrialConfig) -> str:
+    """What a student's deployed size and latency depend on: its family, stem, module tree and
+    parameter shapes, and how it is deployed (INT8 backend, latency batch and threads). Two sampled
+    configs with the same key (widths and depths round to the same channels and blocks; methods,
+    temperatures and weights do not change the network) deploy the same network."""
+    digest = hashlib.sha256()
+    digest.update(
+        f"{config.family}|{config.stem}|{config.quantization_backend}|"
+        f"{config.latency_batch_size}|{config.latency_threads}|".encode()
+    )
+    for name, module in student.named_modules():
+        digest.update(f"{name}:{type(module).__name__};".encode())
+    for name, tensor in student.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def measure_student(
+    student: nn.Module,
+    config: TrialConfig,
+    data: DataSplits,
+    teacher: TeacherReference,
+    latency_lock: Path | None = None,
 ) -> dict:
-    """Compression and INT8 latency of the student ``config`` describes, before any training.
+    """Compression and INT8 latency of ``student``, the untrained network ``config`` describes.
 
     Both depend only on the architecture, so a pre-screen can compare a sampled student with those
     already measured without paying for its training.
     """
-    torch.manual_seed(config.seed)
-    student = new_student(config, data).eval()
     # One calibration batch: the INT8 graph (so its size and speed) does not depend on the ranges.
     calibration = calibration_batches(data.train_x, config.batch_size, 1)
     int8_model = BACKENDS.get(config.quantization_backend).quantize(student, calibration)

@@ -6,7 +6,8 @@ Each (strategy, seed) is an ordinary autokd study named ``real-<strategy>-s<seed
 (the quickstart's teacher is reused from there), so an interrupted run continues where it stopped.
 ``all_kinds`` is studies/all_kinds.yaml as shipped (autokd's strategy), with ``seed`` changed;
 ``random`` is the same study with a random sampler, no pre-screen and one candidate per trial;
-``quickstart`` is studies/quickstart.yaml as shipped (Hinton KD only, TPE, 18 trials).
+``all_kinds_bf16`` is all_kinds with ``training.cpu_bf16: true`` (bfloat16 autocast, README "Fast
+trials"); ``quickstart`` is studies/quickstart.yaml as shipped (Hinton KD only, TPE, 18 trials).
 ``--trials`` overrides the
 trial budget of every search (``--random-trials`` that of the random ones, e.g. 3N). Prints the
 completed trials, the search's wall time (teacher cached) and the front's hypervolume per run, and
@@ -39,6 +40,8 @@ def document(strategy: str, seed: int, trials: int | None) -> dict:
     study.update(name=f"real-{strategy}-s{seed}", seed=seed)
     if trials is not None:
         study["budget"]["trials"] = trials
+    if strategy == "all_kinds_bf16":
+        study.setdefault("training", {})["cpu_bf16"] = True
     if strategy == "random":
         study["sampler"] = {"kind": "random", "startup_trials": 1, "candidates": 1}
         study["prescreen"] = False

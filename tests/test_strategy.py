@@ -61,3 +61,54 @@ def test_each_trained_student_is_the_best_of_its_measured_candidates(tiny_study,
     assert chosen[0].prescreened["expected_gain"] == max(t.prescreened["expected_gain"] for t in candidates)
     (second,) = [t for t in trials if t.completed and t.number > chosen[0].number]
     assert second.params == chosen[0].params
+
+
+def _config(**changes):
+    from autokd.trial import TrialConfig
+
+    settings = {"family": "resnet", "width": 0.125, "depth": 0.5, "stem": "small"}
+    return TrialConfig(**{**settings, **changes})
+
+
+def _key(config, data=None):
+    from types import SimpleNamespace
+
+    from autokd.trial import architecture_key, new_student
+
+    data = data or SimpleNamespace(num_classes=10, in_chans=1)
+    return architecture_key(new_student(config, data), config)
+
+
+def test_the_architecture_key_ignores_what_does_not_change_the_network():
+    plain = _key(_config())
+    assert _key(_config(methods=("rkd",), distillation_share=0.3, qat=True, seed=7)) == plain
+
+
+def test_the_architecture_key_tells_different_networks_and_deployments_apart():
+    plain = _key(_config())
+    assert _key(_config(width=0.375)) != plain
+    assert _key(_config(depth=1.0)) != plain
+    assert _key(_config(latency_threads=2)) != plain
+
+
+@pytest.mark.slow
+def test_a_search_measures_each_architecture_once_per_process(tiny_resources, monkeypatch):
+    import optuna
+
+    import autokd.runner as runner_module
+    from autokd.runner import TrialRunner
+
+    calls = []
+    measure = runner_module.measure_student
+    monkeypatch.setattr(
+        runner_module, "measure_student", lambda *args, **kwargs: calls.append(1) or measure(*args, **kwargs)
+    )
+    runner = TrialRunner(
+        tiny_resources, optuna.create_study(directions=["maximize"] * 3), emit=lambda _: None
+    )
+    first = runner._measure(_config(methods=("hinton_kd",)))
+    again = runner._measure(_config(methods=("rkd",), distillation_share=0.3))
+    other = runner._measure(_config(width=0.25))
+    assert len(calls) == 2
+    assert again["latency_ms"] == first["latency_ms"] and again["measured_before"]
+    assert other["architecture"] != first["architecture"]
