@@ -36,6 +36,9 @@ def _document(minutes: float, threads: str, index: str) -> dict:
     study["budget"]["time_limit_minutes"] = minutes
     study["training"]["threads"] = None if threads == "auto" else int(threads)
     study["early_stopping"]["enabled"] = False  # every started trial runs to the end: comparable work
+    # every proposal trained, none measured as a candidate or screened: the count is of trainings
+    study["sampler"] = {"kind": "random", "candidates": 1}
+    study["prescreen"] = False
     return study
 
 

@@ -77,7 +77,12 @@ def test_invalid_yaml_names_the_line(tmp_path):
 
 def test_defaults_fill_a_minimal_study():
     study = parse_study({"name": "minimal"})
-    assert study.sampler.kind == "tpe" and study.budget.trials >= 1 and study.objectives.latency_threads == 1
+    assert study.budget.trials >= 1 and study.objectives.latency_threads == 1
+
+
+def test_a_study_without_a_sampler_gets_autokds_strategy():
+    study = parse_study({"name": "minimal"})
+    assert (study.sampler.kind, study.sampler.candidates, study.prescreen) == ("random", 8, True)
 
 
 def test_teacher_key_changes_with_teacher_and_data_but_not_search_space():
