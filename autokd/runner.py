@@ -399,7 +399,7 @@ class TrialRunner:
     def _measure(self, config: TrialConfig) -> dict:
         """Size and INT8 latency of ``config``'s untrained student, measured once per architecture in
         this process: many sampled configs round to the same network (the quickstart-sized space's
-        208 candidates had 90 distinct ones), and the methods and their settings do not change it."""
+        208 candidates were 89 distinct networks), and the methods and their settings do not change it."""
         start = time.perf_counter()
         torch.manual_seed(config.seed)
         student = new_student(config, self.resources.data).eval()
