@@ -68,6 +68,9 @@ MEASUREMENT_POLICY = (
 )
 
 
+LOCK_DIR_VARIABLE = "AUTOKD_LOCK_DIR"  # the latency lock's folder, instead of TMPDIR/autokd-UID
+
+
 class LatencyLockError(RuntimeError):
     """The latency lock's folder or file is not this user's own; the message says what to remove."""
 
@@ -75,8 +78,9 @@ class LatencyLockError(RuntimeError):
 def machine_latency_lock() -> Path:
     """The lock this user's autokd processes on this machine share, whatever the study (latency is about
     cores), in a folder only this user can reach: no other user can hold it, plant a symlink in it or
-    make it unreadable."""
-    folder = Path(tempfile.gettempdir()) / f"autokd-{os.getuid()}"
+    make it unreadable. ``AUTOKD_LOCK_DIR`` names another such folder: processes that must not wait
+    for each other (autokd's own test suite beside a search) use different ones."""
+    folder = Path(os.environ.get(LOCK_DIR_VARIABLE) or Path(tempfile.gettempdir()) / f"autokd-{os.getuid()}")
     with contextlib.suppress(FileExistsError):
         folder.mkdir(mode=0o700)
     info = os.lstat(folder)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from autokd.measure import (
+    LOCK_DIR_VARIABLE,
     LatencyLockError,
     SharedCores,
     exclusive,
@@ -90,6 +91,7 @@ def test_training_steps_aside_between_epochs_for_a_queued_measurement(tmp_path):
 
 def test_the_latency_lock_lives_in_a_folder_only_this_user_can_reach(tmp_path, monkeypatch):
 
+    monkeypatch.delenv(LOCK_DIR_VARIABLE, raising=False)
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     lock = machine_latency_lock()
     info = os.stat(lock.parent)
@@ -99,6 +101,7 @@ def test_the_latency_lock_lives_in_a_folder_only_this_user_can_reach(tmp_path, m
 
 def test_a_symlink_planted_as_the_lock_folder_is_refused(tmp_path, monkeypatch):
 
+    monkeypatch.delenv(LOCK_DIR_VARIABLE, raising=False)
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     (tmp_path / f"autokd-{os.getuid()}").symlink_to(tmp_path / "elsewhere")
@@ -108,12 +111,18 @@ def test_a_symlink_planted_as_the_lock_folder_is_refused(tmp_path, monkeypatch):
 
 def test_a_lock_folder_others_can_write_to_is_refused(tmp_path, monkeypatch):
 
+    monkeypatch.delenv(LOCK_DIR_VARIABLE, raising=False)
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     folder = tmp_path / f"autokd-{os.getuid()}"
     folder.mkdir()
     folder.chmod(0o777)
     with pytest.raises(LatencyLockError, match="others can write to it"):
         machine_latency_lock()
+
+
+def test_autokd_lock_dir_moves_the_latency_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv(LOCK_DIR_VARIABLE, str(tmp_path / "locks"))
+    assert machine_latency_lock().parent == tmp_path / "locks"
 
 
 def test_a_symlink_at_the_lock_path_is_never_followed(tmp_path):
