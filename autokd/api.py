@@ -177,16 +177,19 @@ def confirm(
     seeds: int = 2,
     baselines: bool = False,
     trials: list[int] | None = None,
+    epochs: int | None = None,
     log=print,
 ) -> dict[str, list[dict]]:
     """Retrain the front of the study in ``run`` with ``seeds`` new seeds per point (the ``top`` points
-    adding the most hypervolume, or the front points ``trials``; all by default); stored in the
-    study, shown by the report. With
+    adding the most hypervolume, or the front points ``trials``; all by default), for ``epochs`` (default:
+    the search's budget); stored in the study, shown by the report. With
     ``baselines``, also train each point's architecture on hard labels and with Hinton KD at T = 4,
     0.9 / 0.1, over the same seeds (:mod:`autokd.confirmation`)."""
     from autokd.confirmation import confirm as run_confirm
 
-    return run_confirm(Path(run), top=top, seeds=seeds, baselines=baselines, trials=trials, log=log)
+    return run_confirm(
+        Path(run), top=top, seeds=seeds, baselines=baselines, trials=trials, epochs=epochs, log=log
+    )
 
 
 def export(

@@ -115,6 +115,7 @@ def _confirm(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         baselines=args.baselines,
         trials=args.trial,
+        epochs=args.epochs,
         log=LOG.info,
     )
     out = autokd.report(args.run_dir, args.reports_dir)
@@ -249,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="confirm front point N only, e.g. the one you will ship (repeat for several)",
     )
     confirm.add_argument("--seeds", type=int, default=2, help="new seeds per front point (default 2)")
+    confirm.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="train each run this many epochs instead of the search's budget (the search's own seed is "
+        "trained again too; the report keeps each budget apart)",
+    )
     confirm.add_argument(
         "--baselines",
         action="store_true",

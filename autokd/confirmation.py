@@ -10,6 +10,11 @@ budget nor seen by its sampler. Running the command again continues where it sto
 (the search's own run included), the front recomputed on those means, and marks a point whose
 confirmation fell below the retention floor.
 
+``--epochs N`` retrains the chosen points for N epochs instead of the search's budget: search with a
+short budget, then train the finalists as long as you would before shipping. The search's own seed is
+trained again too (its run had the other budget), and every run records its ``epochs``, so the report
+keeps each budget's mean ± std, and its front of means, apart.
+
 ``--baselines`` answers whether the search was worth it: each chosen point's architecture (same
 student, epochs, quantization) is also trained (a) on hard labels alone and (b) with the literature's
 defaults, Hinton KD at T = 4 with 0.9 distillation / 0.1 task weighting, each over the same seeds as
@@ -86,6 +91,12 @@ def confirmation_seeds(seed: int, count: int) -> list[int]:
     return [(seed + k * SEED_STRIDE) % 2**31 for k in range(1, count + 1)]
 
 
+def run_epochs(run: dict, searched) -> int:
+    """The epochs a stored confirmation or baseline run trained for (runs stored before autokd 0.4
+    trained for the search's own budget, ``searched.epochs``, and did not record it)."""
+    return int(run.get("epochs", searched.epochs))
+
+
 def baseline_config(config, variant: str, seed: int):
     """``config``'s architecture and training budget with the loss of baseline ``variant``."""
     return replace(config, seed=seed, **BASELINE_VARIANTS[variant])
@@ -98,11 +109,13 @@ def confirm(
     seeds: int = 2,
     baselines: bool = False,
     trials: list[int] | None = None,
+    epochs: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[dict]]:
     """Train the front's configurations (or the front points ``trials``) with ``seeds`` new seeds each
-    (and, with ``baselines``, their architectures' baselines over the same seeds); return every
-    confirmation run stored so far, by trial number (see the module docstring)."""
+    (and, with ``baselines``, their architectures' baselines over the same seeds), for ``epochs``
+    (default: the search's own budget); return every confirmation run stored so far, by trial number
+    (see the module docstring)."""
     import optuna
 
     from autokd.config import parse_study
@@ -115,6 +128,8 @@ def confirm(
 
     if seeds < 1:
         raise ConfirmError(f"--seeds {seeds}: give at least 1 new seed per front point")
+    if epochs is not None and epochs < 1:
+        raise ConfirmError(f"--epochs {epochs}: give at least 1 epoch (or leave it out for the search's own)")
     if top is not None and top < 1:
         raise ConfirmError(f"--top {top}: give at least 1 front point (or leave it out for all)")
     run_dir = Path(run_dir)
@@ -143,21 +158,33 @@ def confirm(
         }
         todo = []  # (record, config to train, variant or None for the searched setting)
         for record in chosen:
-            config = TrialConfig.from_dict(record.config)
-            done = {run["seed"] for run in stored.get(str(record.number), [])}
+            searched = TrialConfig.from_dict(record.config)
+            config = replace(searched, epochs=epochs or searched.epochs)
+            done = {
+                run["seed"]
+                for run in stored.get(str(record.number), [])
+                if run_epochs(run, searched) == config.epochs
+            }
             new_seeds = confirmation_seeds(config.seed, seeds)
-            todo += [(record, replace(config, seed=s), None) for s in new_seeds if s not in done]
+            # The search's own run counts for its own budget only: at another, its seed is trained too.
+            seeds_to_train = new_seeds if config.epochs == searched.epochs else [config.seed, *new_seeds]
+            todo += [(record, replace(config, seed=s), None) for s in seeds_to_train if s not in done]
             for variant in BASELINE_VARIANTS if baselines else ():
-                done = {run["seed"] for run in stored_baselines.get(str(record.number), {}).get(variant, [])}
+                done = {
+                    run["seed"]
+                    for run in stored_baselines.get(str(record.number), {}).get(variant, [])
+                    if run_epochs(run, searched) == config.epochs
+                }
                 todo += [
                     (record, baseline_config(config, variant, s), variant)
                     for s in [config.seed, *new_seeds]
                     if s not in done
                 ]
         what = " and their baselines (hard labels; Hinton KD, T = 4, 0.9)" if baselines else ""
+        budget = f", {epochs} epochs each" if epochs else ""
         log(
-            f"confirming {len(chosen)} front point(s) of '{study.name}' with {seeds} new seed(s) each{what}: "
-            f"{len(todo)} run(s) to train"
+            f"confirming {len(chosen)} front point(s) of '{study.name}' with {seeds} new seed(s) each{what}"
+            f"{budget}: {len(todo)} run(s) to train"
         )
         for i, (record, config, variant) in enumerate(todo, 1):
             start = time.perf_counter()
@@ -172,6 +199,7 @@ def confirm(
             )
             run = {
                 "seed": config.seed,
+                "epochs": config.epochs,
                 "retention": result.retention,
                 "int8_accuracy": result.int8_accuracy,
                 "fp32_accuracy": result.fp32_accuracy,
@@ -188,7 +216,8 @@ def confirm(
                     optuna_study.set_user_attr(BASELINES, stored_baselines)
             label = "" if variant is None else f" {BASELINE_TITLES[variant]}"
             log(
-                f"confirm {i}/{len(todo)}: trial {record.number}{label} seed {config.seed}: retention "
+                f"confirm {i}/{len(todo)}: trial {record.number}{label} seed {config.seed}, {config.epochs} "
+                f"epochs: retention "
                 f"{result.retention:.3f} (search: {record.result.retention:.3f}), INT8 top-1 "
                 f"{result.int8_accuracy:.4f}, {run['wall_seconds']:.0f} s"
             )

@@ -152,41 +152,65 @@ def load_results(run_dir: Path) -> StudyResults:
     )
 
 
+def _search_epochs(results: StudyResults) -> int | None:
+    return results.settings.get("budget", {}).get("epochs")
+
+
+def _by_epochs(runs: list[dict], search_epochs: int | None) -> dict[int | None, list[dict]]:
+    """Stored runs grouped by the epochs they trained (runs without the field: the search's budget)."""
+    groups: dict[int | None, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run.get("epochs", search_epochs), []).append(run)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+
+
 def confirmed_front(results: StudyResults) -> pd.DataFrame:
-    """One row per confirmed front point (``autokd confirm``): retention and INT8 top-1 as mean and
-    standard deviation over all its seeds (the search's run included), whether it stays on the front
-    recomputed on the means, and whether any of its runs fell below the retention floor."""
+    """One row per confirmed front point and training budget (``autokd confirm [--epochs N]``): retention
+    and INT8 top-1 as mean and standard deviation over all its seeds at that budget (the search's run
+    included at the search's own), whether it stays on the front recomputed on the means of that
+    budget, and whether any of its runs fell below the retention floor."""
     floor = results.settings.get("objectives", {}).get("retention_floor", 0.9)
+    search_epochs = _search_epochs(results)
     trials = results.trials
     rows = []
-    for number, runs in sorted(results.confirmations.items(), key=lambda kv: int(kv[0])):
+    groups = [
+        (number, epochs, runs)
+        for number, stored in sorted(results.confirmations.items(), key=lambda kv: int(kv[0]))
+        for epochs, runs in _by_epochs(stored, search_epochs).items()
+    ]
+    for number, epochs, runs in groups:
         row = trials[trials["trial"] == int(number)]
         if not len(row) or not runs:
             continue
         first = row.iloc[0]
         search_run = {k: first[k] for k in ("retention", "int8_accuracy", "latency_ms")}
-        every = [search_run, *runs]
+        own_budget = epochs == search_epochs
+        every = [search_run, *runs] if own_budget else runs
         retention = np.array([r["retention"] for r in every], dtype=float)
         accuracy = np.array([r["int8_accuracy"] for r in every], dtype=float)
         rows.append(
             {
                 "trial": int(number),
+                "epochs": epochs,
                 "family": first.get("family"),
                 "method": first.get("method"),
                 "seeds": len(every),
                 "retention_mean": retention.mean(),
-                "retention_std": retention.std(ddof=1),
+                "retention_std": retention.std(ddof=1) if len(every) > 1 else float("nan"),
                 "int8_accuracy_mean": accuracy.mean(),
-                "int8_accuracy_std": accuracy.std(ddof=1),
+                "int8_accuracy_std": accuracy.std(ddof=1) if len(every) > 1 else float("nan"),
                 "compression": float(first["compression"]),
                 "latency_ms": float(np.median([r["latency_ms"] for r in every])),
-                "below_floor": bool((retention[1:] < floor).any()),
+                # the confirmation runs (at the search's budget, the search's own run is the first)
+                "below_floor": bool((retention[1 if own_budget else 0 :] < floor).any()),
             }
         )
     frame = pd.DataFrame(rows)
     if len(frame):
-        means = frame[["retention_mean", "compression", "latency_ms"]].to_numpy(dtype=float)
-        frame["on_front_of_means"] = pareto_mask(means)
+        frame["on_front_of_means"] = False
+        for _, group in frame.groupby("epochs", dropna=False):  # each budget's front on its own
+            means = group[["retention_mean", "compression", "latency_ms"]].to_numpy(dtype=float)
+            frame.loc[group.index, "on_front_of_means"] = pareto_mask(means)
     return frame
 
 
@@ -199,14 +223,28 @@ def baseline_comparison(results: StudyResults) -> pd.DataFrame:
     from autokd.confirmation import BASELINE_VARIANTS
 
     confirmed = confirmed_front(results)
+    search_epochs = _search_epochs(results)
     rows = []
-    for number, variants in sorted(results.baselines.items(), key=lambda kv: int(kv[0])):
-        searched = confirmed[confirmed["trial"] == int(number)] if len(confirmed) else confirmed
+    groups = [
+        (number, epochs, {v: _by_epochs(stored.get(v, []), search_epochs).get(epochs) for v in stored})
+        for number, stored in sorted(results.baselines.items(), key=lambda kv: int(kv[0]))
+        for epochs in sorted(
+            {r.get("epochs", search_epochs) for runs in stored.values() for r in runs},
+            key=lambda e: (e is None, e or 0),
+        )
+    ]
+    for number, epochs, variants in groups:
+        searched = (
+            confirmed[(confirmed["trial"] == int(number)) & (confirmed["epochs"] == epochs)]
+            if len(confirmed)
+            else confirmed
+        )
         if not len(searched) or not all(variants.get(v) for v in BASELINE_VARIANTS):
             continue
         first = searched.iloc[0]
         row = {
             "trial": int(number),
+            "epochs": epochs,
             "family": first["family"],
             "method": first["method"],
             "compression": first["compression"],
@@ -241,6 +279,7 @@ def baseline_table(frame: pd.DataFrame) -> pd.DataFrame:
         [
             {
                 "trial": r["trial"],
+                "epochs": r["epochs"],
                 "family": r["family"],
                 "x smaller": f"{r['compression']:.1f}x",
                 "seeds": r["seeds"],
@@ -264,9 +303,7 @@ BASELINES_NOTE = (
 def _baseline_lines(frame: pd.DataFrame) -> list[str]:
     if not len(frame):
         return []
-    title = (
-        f"## Searched settings against the usual ones ({len(frame)} front points, autokd confirm --baselines)"
-    )
+    title = f"## Searched settings against the usual ones ({frame['trial'].nunique()} front points, autokd confirm --baselines)"
     return ["", title, "", BASELINES_NOTE, "", _markdown(baseline_table(frame))]
 
 
@@ -275,15 +312,15 @@ def _confirmed_lines(frame: pd.DataFrame, floor: float) -> list[str]:
         return []
     lines = [
         "",
-        f"## Confirmed over seeds ({len(frame)} front points, autokd confirm)",
+        f"## Confirmed over seeds ({frame['trial'].nunique()} front points, autokd confirm)",
         "",
-        "| trial | family | method | seeds | retention (mean ± std) | INT8 top-1 (mean ± std) | x smaller | latency, ms | on front of means | flags |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| trial | epochs | family | method | seeds | retention (mean ± std) | INT8 top-1 (mean ± std) | x smaller | latency, ms | on front of means | flags |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in frame.itertuples():
         flag = f"a confirmation run fell below the {floor:g} floor" if r.below_floor else ""
         lines.append(
-            f"| {r.trial} | {r.family} | {r.method} | {r.seeds} | {r.retention_mean:.3f} ± {r.retention_std:.3f} | "
+            f"| {r.trial} | {r.epochs} | {r.family} | {r.method} | {r.seeds} | {r.retention_mean:.3f} ± {r.retention_std:.3f} | "
             f"{r.int8_accuracy_mean:.4f} ± {r.int8_accuracy_std:.4f} | {r.compression:.1f}x | {r.latency_ms:.3f} | "
             f"{'yes' if r.on_front_of_means else 'no'} | {flag} |"
         )
@@ -800,14 +837,14 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
     )
     all_columns = front.drop(columns=["started", "finished"], errors="ignore")
     confirmed_html = (
-        f"<h2>Confirmed over seeds ({len(confirmed)} front points)</h2>"
+        f"<h2>Confirmed over seeds ({confirmed['trial'].nunique()} front points)</h2>"
         + _html_table(readable(confirmed, list(confirmed.columns)))
         if len(confirmed)
         else ""
     )
     if len(compared):
         confirmed_html += (
-            f"<h2>Searched settings against the usual ones ({len(compared)} front points)</h2>"
+            f"<h2>Searched settings against the usual ones ({compared['trial'].nunique()} front points)</h2>"
             f"<p>{html.escape(BASELINES_NOTE)}</p>" + _html_table(baseline_table(compared))
         )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autokd: {html.escape(results.name)}</title>

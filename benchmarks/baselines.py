@@ -35,10 +35,18 @@ def main() -> None:
         "--trial", type=int, action="append", metavar="N", help="front point N only (repeatable)"
     )
     parser.add_argument("--seeds", type=int, default=2, help="new seeds per point (the search's own is kept)")
+    parser.add_argument("--epochs", type=int, help="train this many epochs instead of the search's budget")
     parser.add_argument("--no-train", action="store_true", help="print what is stored, train nothing")
     args = parser.parse_args()
     if not args.no_train:
-        autokd.confirm(args.run_dir, top=args.top, seeds=args.seeds, baselines=True, trials=args.trial)
+        autokd.confirm(
+            args.run_dir,
+            top=args.top,
+            seeds=args.seeds,
+            baselines=True,
+            trials=args.trial,
+            epochs=args.epochs,
+        )
     results = load_results(args.run_dir)
     teacher = results.teacher
     print(
@@ -47,11 +55,20 @@ def main() -> None:
     )
     confirmed = confirmed_front(results)
     print("\nConfirmed front (mean ± std over seeds; the search's own run included):\n")
-    columns = ["trial", "family", "method", "seeds", "compression", "latency_ms", "on_front_of_means"]
+    columns = [
+        "trial",
+        "epochs",
+        "family",
+        "method",
+        "seeds",
+        "compression",
+        "latency_ms",
+        "on_front_of_means",
+    ]
     shown = readable(confirmed, columns) if len(confirmed) else confirmed
     for row, r in zip(shown.to_dict("records"), confirmed.to_dict("records"), strict=True):
         print(
-            f"  trial {row['trial']} {row['family']} {row['method']}: INT8 top-1 "
+            f"  trial {row['trial']} {row['family']} {row['method']}, {row['epochs']} epochs: INT8 top-1 "
             f"{r['int8_accuracy_mean']:.4f} ± {r['int8_accuracy_std']:.4f}, retention "
             f"{r['retention_mean']:.3f} ± {r['retention_std']:.3f}, {row['compression']} smaller, "
             f"{row['latency_ms']} ms, {row['seeds']} seeds"

@@ -38,7 +38,13 @@ from autokd.storage import journal_storage  # noqa: E402
 
 # Session fixtures that take tens of seconds. `make test` runs two pytest-xdist workers with
 # `--dist loadgroup`: every test that uses one of these runs on the same worker, so each is built once.
-EXPENSIVE_SESSION_FIXTURES = ("smoke_run", "confirmed_run", "own_data_export", "ray_cluster")
+EXPENSIVE_SESSION_FIXTURES = (
+    "smoke_run",
+    "confirmed_run",
+    "longer_confirmed_run",
+    "own_data_export",
+    "ray_cluster",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -328,3 +334,19 @@ def confirmed_run(shared_runs):
     autokd.confirm(result.run_dir, top=1, seeds=1, baselines=True, log=lambda _: None)
     return result.run_dir
 
+
+@pytest.fixture(scope="session")
+def longer_confirmed_run(shared_runs):
+    """The tiny study searched (1 trial of 1 epoch), its front point confirmed at 2 epochs (1 new seed)
+    with its baselines, then once more at its own budget (1 new seed)."""
+    import autokd
+
+    document = copy.deepcopy(TINY_STUDY)
+    document["name"] = "confirmed-longer"
+    document["budget"]["trials"] = 1
+    result = autokd.search(
+        document, runs_dir=shared_runs, reports_dir=None, log=lambda _: None, progress=False
+    )
+    autokd.confirm(result.run_dir, seeds=1, epochs=2, baselines=True, log=lambda _: None)
+    autokd.confirm(result.run_dir, seeds=1, log=lambda _: None)
+    return result.run_dir

@@ -92,6 +92,38 @@ def test_the_report_puts_the_baselines_beside_the_searched_setting(confirmed_run
     assert "Searched settings against the usual ones" in (out / "index.html").read_text()
 
 
+@pytest.mark.slow
+def test_a_longer_budget_trains_the_searchs_own_seed_again_and_records_its_epochs(longer_confirmed_run):
+    study = load_run_study(longer_confirmed_run)
+    ((number, runs),) = study.user_attrs[CONFIRMATIONS].items()
+    own_seed = study.trials[int(number)].user_attrs["config"]["seed"]
+    longer = [r for r in runs if r["epochs"] == 2]
+    assert len(longer) == 2 and own_seed in {r["seed"] for r in longer}
+    assert [r["seed"] for r in runs if r["epochs"] == 1] == confirmation_seeds(own_seed, 1)
+
+
+@pytest.mark.slow
+def test_the_report_keeps_each_training_budget_apart(longer_confirmed_run):
+    frame = confirmed_front(load_results(longer_confirmed_run)).set_index("epochs")
+    # at the search's budget its own run counts; at 2 epochs only the runs trained for 2
+    assert frame.loc[1, "seeds"] == 2 and frame.loc[2, "seeds"] == 2
+    assert frame["on_front_of_means"].all()  # one point per budget: each on its budget's front
+
+
+@pytest.mark.slow
+def test_baselines_at_a_longer_budget_are_compared_with_the_searched_setting_at_that_budget(
+    longer_confirmed_run,
+):
+    (row,) = baseline_comparison(load_results(longer_confirmed_run)).to_dict("records")
+    assert row["epochs"] == 2 and row["seeds"] == 2
+    assert row["hard_labels_seeds"] == 2 and row["literature_kd_seeds"] == 2
+
+
+def test_confirm_with_no_epochs_is_one_line(capsys, tmp_path):
+    assert main(["confirm", str(tmp_path), "--epochs", "0"]) == 2
+    assert "--epochs 0: give at least 1 epoch" in capsys.readouterr().err
+
+
 def test_confirm_with_no_seeds_is_one_line(capsys, tmp_path):
     assert main(["confirm", str(tmp_path), "--seeds", "0"]) == 2
     assert "--seeds 0: give at least 1" in capsys.readouterr().err
