@@ -52,10 +52,8 @@ quickstart: $(VENV)/.installed data
 smoke: $(VENV)/.installed
 	$(BIN)/autokd search studies/smoke.yaml
 
-# Two pytest-xdist workers: the suite alone keeps about 1.2 of two cores busy.
-TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test data postgresql chromium
-	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -ra
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -28,35 +28,13 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
 
-# The tests' latency measurements take a lock of their own (shared by both pytest-xdist workers and
-# the processes they start), never the one of a search the developer runs beside them: no test
+# The tests' latency measurements take a lock of their own (shared with the processes they start),
+# never the one of a search the developer runs beside them: no test
 # compares latencies, and each measurement would otherwise wait for that search's epoch to end.
 os.environ.setdefault("AUTOKD_LOCK_DIR", os.path.join(tempfile.gettempdir(), f"autokd-tests-{os.getuid()}"))
 
 from autokd.registry import USER_MODULE_PREFIX, registries  # noqa: E402
 from autokd.storage import journal_storage  # noqa: E402
-
-# Session fixtures that take tens of seconds. `make test` runs two pytest-xdist workers with
-# `--dist loadgroup`: every test that uses one of these runs on the same worker, so each is built once.
-EXPENSIVE_SESSION_FIXTURES = (
-    "smoke_run",
-    "confirmed_run",
-    "longer_confirmed_run",
-    "own_data_export",
-    "ray_cluster",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        used = list(getattr(item, "fixturenames", ()))
-        callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("search_with") == "ray":
-            used.append("ray_cluster")  # search_with asks for the cluster by name, for its ray case
-        group = next((name for name in EXPENSIVE_SESSION_FIXTURES if name in used), None)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-
 
 # A study small enough for tests: digits, a small teacher, one-epoch tiny students.
 TINY_STUDY = {
