@@ -92,7 +92,7 @@ def confirmation_seeds(seed: int, count: int) -> list[int]:
 
 
 def run_epochs(run: dict, searched) -> int:
-    """The epochs a stored confirmation or baseline run trained for (runs stored before autokd 0.4
+    """The epochs a stored confirmation or baseline run trained for (runs stored before ``--epochs`` existed
     trained for the search's own budget, ``searched.epochs``, and did not record it)."""
     return int(run.get("epochs", searched.epochs))
 
