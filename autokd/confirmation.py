@@ -20,6 +20,9 @@ student, epochs, quantization) is also trained (a) on hard labels alone and (b) 
 defaults, Hinton KD at T = 4 with 0.9 distillation / 0.1 task weighting, each over the same seeds as
 the searched setting (the search's own seed and the confirmation seeds), stored as the study attribute
 ``baselines`` (``{trial number: {variant: [run, ...]}}``) and shown beside the confirmed points.
+
+Runs go seed by seed: every setting (the searched one, then each baseline) on one seed before the next
+seed, so a confirmation stopped part-way has compared them all on the seeds it finished.
 """
 
 from __future__ import annotations
@@ -160,25 +163,25 @@ def confirm(
         for record in chosen:
             searched = TrialConfig.from_dict(record.config)
             config = replace(searched, epochs=epochs or searched.epochs)
-            done = {
-                run["seed"]
-                for run in stored.get(str(record.number), [])
-                if run_epochs(run, searched) == config.epochs
-            }
-            new_seeds = confirmation_seeds(config.seed, seeds)
+
+            def done(runs: list[dict], searched=searched, config=config) -> set[int]:
+                return {run["seed"] for run in runs if run_epochs(run, searched) == config.epochs}
+
+            done_searched = done(stored.get(str(record.number), []))
             # The search's own run counts for its own budget only: at another, its seed is trained too.
-            seeds_to_train = new_seeds if config.epochs == searched.epochs else [config.seed, *new_seeds]
-            todo += [(record, replace(config, seed=s), None) for s in seeds_to_train if s not in done]
-            for variant in BASELINE_VARIANTS if baselines else ():
-                done = {
-                    run["seed"]
-                    for run in stored_baselines.get(str(record.number), {}).get(variant, [])
-                    if run_epochs(run, searched) == config.epochs
-                }
+            if config.epochs == searched.epochs:
+                done_searched.add(config.seed)
+            variants = list(BASELINE_VARIANTS) if baselines else []
+            done_baselines = {
+                v: done(stored_baselines.get(str(record.number), {}).get(v, [])) for v in variants
+            }
+            # Seed by seed, every setting on one seed before the next seed: a confirmation stopped
+            # part-way has still compared the searched setting and its baselines on the same seeds.
+            for s in [config.seed, *confirmation_seeds(config.seed, seeds)]:
+                if s not in done_searched:
+                    todo.append((record, replace(config, seed=s), None))
                 todo += [
-                    (record, baseline_config(config, variant, s), variant)
-                    for s in [config.seed, *new_seeds]
-                    if s not in done
+                    (record, baseline_config(config, v, s), v) for v in variants if s not in done_baselines[v]
                 ]
         what = " and their baselines (hard labels; Hinton KD, T = 4, 0.9)" if baselines else ""
         budget = f", {epochs} epochs each" if epochs else ""

@@ -316,7 +316,8 @@ def confirmed_run(shared_runs):
 @pytest.fixture(scope="session")
 def longer_confirmed_run(shared_runs):
     """The tiny study searched (1 trial of 1 epoch), its front point confirmed at 2 epochs (1 new seed)
-    with its baselines, then once more at its own budget (1 new seed)."""
+    with its baselines, then once more at its own budget (1 new seed): (run folder, the lines the
+    2-epoch confirmation logged)."""
     import autokd
 
     document = copy.deepcopy(TINY_STUDY)
@@ -325,6 +326,7 @@ def longer_confirmed_run(shared_runs):
     result = autokd.search(
         document, runs_dir=shared_runs, reports_dir=None, log=lambda _: None, progress=False
     )
-    autokd.confirm(result.run_dir, seeds=1, epochs=2, baselines=True, log=lambda _: None)
+    lines: list[str] = []
+    autokd.confirm(result.run_dir, seeds=1, epochs=2, baselines=True, log=lines.append)
     autokd.confirm(result.run_dir, seeds=1, log=lambda _: None)
-    return result.run_dir
+    return result.run_dir, lines

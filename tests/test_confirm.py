@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import autokd
@@ -94,7 +96,7 @@ def test_the_report_puts_the_baselines_beside_the_searched_setting(confirmed_run
 
 @pytest.mark.slow
 def test_a_longer_budget_trains_the_searchs_own_seed_again_and_records_its_epochs(longer_confirmed_run):
-    study = load_run_study(longer_confirmed_run)
+    study = load_run_study(longer_confirmed_run[0])
     ((number, runs),) = study.user_attrs[CONFIRMATIONS].items()
     own_seed = study.trials[int(number)].user_attrs["config"]["seed"]
     longer = [r for r in runs if r["epochs"] == 2]
@@ -104,7 +106,7 @@ def test_a_longer_budget_trains_the_searchs_own_seed_again_and_records_its_epoch
 
 @pytest.mark.slow
 def test_the_report_keeps_each_training_budget_apart(longer_confirmed_run):
-    frame = confirmed_front(load_results(longer_confirmed_run)).set_index("epochs")
+    frame = confirmed_front(load_results(longer_confirmed_run[0])).set_index("epochs")
     # at the search's budget its own run counts; at 2 epochs only the runs trained for 2
     assert frame.loc[1, "seeds"] == 2 and frame.loc[2, "seeds"] == 2
     assert frame["on_front_of_means"].all()  # one point per budget: each on its budget's front
@@ -114,9 +116,21 @@ def test_the_report_keeps_each_training_budget_apart(longer_confirmed_run):
 def test_baselines_at_a_longer_budget_are_compared_with_the_searched_setting_at_that_budget(
     longer_confirmed_run,
 ):
-    (row,) = baseline_comparison(load_results(longer_confirmed_run)).to_dict("records")
+    (row,) = baseline_comparison(load_results(longer_confirmed_run[0])).to_dict("records")
     assert row["epochs"] == 2 and row["seeds"] == 2
     assert row["hard_labels_seeds"] == 2 and row["literature_kd_seeds"] == 2
+
+
+@pytest.mark.slow
+def test_confirmation_trains_every_setting_on_one_seed_before_the_next(longer_confirmed_run):
+    run_dir, lines = longer_confirmed_run
+    study = load_run_study(run_dir)
+    (number,) = study.user_attrs[CONFIRMATIONS]
+    own_seed = study.trials[int(number)].user_attrs["config"]["seed"]
+    new_seed = confirmation_seeds(own_seed, 1)[0]
+    trained = [re.search(r"trial \d+(.*) seed (\d+),", line).groups() for line in lines if "confirm " in line]
+    settings = ["", " hard labels only", " Hinton KD, T = 4, 0.9 / 0.1"]
+    assert trained == [(s, str(own_seed)) for s in settings] + [(s, str(new_seed)) for s in settings]
 
 
 def test_confirm_with_no_epochs_is_one_line(capsys, tmp_path):
