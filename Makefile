@@ -52,8 +52,11 @@ quickstart: $(VENV)/.installed data
 smoke: $(VENV)/.installed
 	$(BIN)/autokd search studies/smoke.yaml
 
+# Three pytest-xdist workers, one torch thread each, on two cores: one pytest process keeps 1.15 cores
+# busy (many tests wait on processes, servers and locks), three keep 1.6 busy (README, Development).
+TEST_WORKERS ?= 3
 test: $(VENV)/.installed-test data postgresql chromium
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

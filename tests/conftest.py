@@ -28,13 +28,58 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
 
-# The tests' latency measurements take a lock of their own (shared with the processes they start),
-# never the one of a search the developer runs beside them: no test
-# compares latencies, and each measurement would otherwise wait for that search's epoch to end.
-os.environ.setdefault("AUTOKD_LOCK_DIR", os.path.join(tempfile.gettempdir(), f"autokd-tests-{os.getuid()}"))
+# Each pytest(-xdist worker) process's latency measurements take a lock of its own (shared with the
+# processes it starts), never the one of a search the developer runs beside them nor the other
+# worker's: no test compares latencies, and each measurement would otherwise wait for the other's epoch.
+os.environ.setdefault(
+    "AUTOKD_LOCK_DIR",
+    os.path.join(
+        tempfile.gettempdir(), f"autokd-tests-{os.getuid()}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    ),
+)
+
+# `make test` runs two pytest-xdist workers on two cores: each keeps torch (and the processes it
+# starts) to one thread, or their intra-op threads wait on each other's cores at every operator.
+PARALLEL_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if PARALLEL_WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 from autokd.registry import USER_MODULE_PREFIX, registries  # noqa: E402
 from autokd.storage import journal_storage  # noqa: E402
+
+# Shared fixtures (session or module scope) that take seconds to a minute to build: with `--dist
+# loadgroup`, every test that uses one runs on the same worker, so each is built once (the cheap tiny
+# teacher is built per worker). `deployed` trains a student per family, `finished` runs a trial.
+COSTLY_SHARED_FIXTURES = (
+    "ray_cluster",
+    "smoke_run",
+    "confirmed_run",
+    "longer_confirmed_run",
+    "own_data_export",
+    "deployed",
+    "postgres_url",
+    "finished",
+)
+
+
+def pytest_configure(config):
+    if PARALLEL_WORKERS > 1:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into node ids
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = list(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("search_with") == "ray":
+            used.append("ray_cluster")  # search_with asks for the cluster by name, for its ray case
+        group = next((name for name in COSTLY_SHARED_FIXTURES if name in used), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 # A study small enough for tests: digits, a small teacher, one-epoch tiny students.
 TINY_STUDY = {
