@@ -268,12 +268,19 @@ def baseline_comparison(results: StudyResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def mean_std(mean: float, std: float, digits: int) -> str:
+    """``mean ± std`` for a table; a figure from one seed has no spread, and says so."""
+    if np.isnan(std):
+        return f"{mean:.{digits}f} (one seed)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def baseline_table(frame: pd.DataFrame) -> pd.DataFrame:
     """:func:`baseline_comparison` as display strings, the columns the report shows."""
     from autokd.confirmation import BASELINE_TITLES
 
     def cell(r: dict, prefix: str) -> str:
-        return f"{r[f'{prefix}_int8_mean']:.4f} ± {r[f'{prefix}_int8_std']:.4f}"
+        return mean_std(r[f"{prefix}_int8_mean"], r[f"{prefix}_int8_std"], 4)
 
     return pd.DataFrame(
         [
@@ -320,8 +327,8 @@ def _confirmed_lines(frame: pd.DataFrame, floor: float) -> list[str]:
     for r in frame.itertuples():
         flag = f"a confirmation run fell below the {floor:g} floor" if r.below_floor else ""
         lines.append(
-            f"| {r.trial} | {r.epochs} | {r.family} | {r.method} | {r.seeds} | {r.retention_mean:.3f} ± {r.retention_std:.3f} | "
-            f"{r.int8_accuracy_mean:.4f} ± {r.int8_accuracy_std:.4f} | {r.compression:.1f}x | {r.latency_ms:.3f} | "
+            f"| {r.trial} | {r.epochs} | {r.family} | {r.method} | {r.seeds} | {mean_std(r.retention_mean, r.retention_std, 3)} | "
+            f"{mean_std(r.int8_accuracy_mean, r.int8_accuracy_std, 4)} | {r.compression:.1f}x | {r.latency_ms:.3f} | "
             f"{'yes' if r.on_front_of_means else 'no'} | {flag} |"
         )
     return lines

@@ -16,7 +16,7 @@ from autokd.confirmation import (
     front_to_confirm,
 )
 from autokd.record import load_records
-from autokd.reporting import baseline_comparison, confirmed_front, load_results
+from autokd.reporting import baseline_comparison, confirmed_front, load_results, mean_std
 from autokd.storage import load_run_study
 from autokd.trial import TrialConfig
 
@@ -161,3 +161,8 @@ def test_confirm_trial_off_the_front_is_one_line_listing_the_front(confirmed_run
     assert main(["confirm", str(confirmed_run), "--trial", "99"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--trial 99: not on the front" in err and "its front points are trials" in err and "\n" not in err
+
+
+def test_a_figure_from_one_seed_says_so_instead_of_a_spread():
+    assert mean_std(0.92014, float("nan"), 4) == "0.9201 (one seed)"
+    assert mean_std(0.9315, 0.0006, 4) == "0.9315 ± 0.0006"
