@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 
 import autokd
@@ -16,7 +17,7 @@ from autokd.confirmation import (
     front_to_confirm,
 )
 from autokd.record import load_records
-from autokd.reporting import baseline_comparison, confirmed_front, load_results, mean_std
+from autokd.reporting import baseline_comparison, baseline_table, confirmed_front, load_results, mean_std
 from autokd.storage import load_run_study
 from autokd.trial import TrialConfig
 
@@ -166,3 +167,13 @@ def test_confirm_trial_off_the_front_is_one_line_listing_the_front(confirmed_run
 def test_a_figure_from_one_seed_says_so_instead_of_a_spread():
     assert mean_std(0.92014, float("nan"), 4) == "0.9201 (one seed)"
     assert mean_std(0.9315, 0.0006, 4) == "0.9315 ± 0.0006"
+
+
+def test_one_seed_per_setting_has_no_spread_to_beat():
+    nan = float("nan")
+    row = {"trial": 1, "epochs": 60, "family": "resnet", "compression": 125.0, "seeds": 1, "method": "tf_kd"}
+    row |= {"searched_int8_mean": 0.9201, "searched_int8_std": nan, "margin": -0.0096, "largest_std": nan}
+    row |= {"hard_labels_int8_mean": 0.9258, "hard_labels_int8_std": nan, "beats_baselines": False}
+    row |= {"literature_kd_int8_mean": 0.9297, "literature_kd_int8_std": nan}
+    (shown,) = baseline_table(pd.DataFrame([row])).to_dict("records")
+    assert shown["lead > largest std"] == "n/a (one seed)" and shown["searched"] == "0.9201 (one seed)"
