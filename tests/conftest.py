@@ -38,7 +38,7 @@ os.environ.setdefault(
     ),
 )
 
-# `make test` runs two pytest-xdist workers on two cores: each keeps torch (and the processes it
+# `make test` runs three pytest-xdist workers on two cores: each keeps torch (and the processes it
 # starts) to one thread, or their intra-op threads wait on each other's cores at every operator.
 PARALLEL_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if PARALLEL_WORKERS > 1:
