@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from autokd.pareto import OBJECTIVES, hypervolume
+from autokd.record import run_epochs
 
 CONFIRMATIONS = "confirmations"
 BASELINES = "baselines"
@@ -92,12 +93,6 @@ def front_to_confirm(records, top: int | None, only: list[int] | None = None) ->
 def confirmation_seeds(seed: int, count: int) -> list[int]:
     """The ``count`` new seeds of a trial whose own seed is ``seed`` (the same on every rerun)."""
     return [(seed + k * SEED_STRIDE) % 2**31 for k in range(1, count + 1)]
-
-
-def run_epochs(run: dict, searched) -> int:
-    """The epochs a stored confirmation or baseline run trained for (runs stored before ``--epochs`` existed
-    trained for the search's own budget, ``searched.epochs``, and did not record it)."""
-    return int(run.get("epochs", searched.epochs))
 
 
 def baseline_config(config, variant: str, seed: int):
@@ -165,7 +160,7 @@ def confirm(
             config = replace(searched, epochs=epochs or searched.epochs)
 
             def done(runs: list[dict], searched=searched, config=config) -> set[int]:
-                return {run["seed"] for run in runs if run_epochs(run, searched) == config.epochs}
+                return {run["seed"] for run in runs if run_epochs(run, searched.epochs) == config.epochs}
 
             done_searched = done(stored.get(str(record.number), []))
             # The search's own run counts for its own budget only: at another, its seed is trained too.

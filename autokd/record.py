@@ -139,6 +139,13 @@ class StudyRecord:
         raise KeyError(number)
 
 
+def run_epochs(run: dict, search_epochs: int | None) -> int | None:
+    """The epochs a stored confirmation or baseline run trained for: runs stored before ``autokd confirm
+    --epochs`` existed trained for the search's own budget, ``search_epochs``, and did not record it."""
+    epochs = run.get("epochs", search_epochs)
+    return None if epochs is None else int(epochs)
+
+
 def _record(trial: optuna.trial.FrozenTrial, interrupted: dict) -> TrialRecord:
     attrs = dict(trial.user_attrs)
     result = TrialResult.from_attrs(attrs) if trial.state == TrialState.COMPLETE else None

@@ -19,7 +19,7 @@ import pandas as pd
 from autokd.config import STUDY_NAME, STUDY_NAME_RULE
 from autokd.pareto import OBJECTIVES, hypervolume, pareto_mask
 from autokd.quantize import AGREEMENT_THRESHOLD
-from autokd.record import StudyRecord, load_records
+from autokd.record import StudyRecord, load_records, run_epochs
 from autokd.storage import JOURNAL
 from autokd.students import FAMILIES
 
@@ -160,7 +160,7 @@ def _by_epochs(runs: list[dict], search_epochs: int | None) -> dict[int | None, 
     """Stored runs grouped by the epochs they trained (runs without the field: the search's budget)."""
     groups: dict[int | None, list[dict]] = {}
     for run in runs:
-        groups.setdefault(run.get("epochs", search_epochs), []).append(run)
+        groups.setdefault(run_epochs(run, search_epochs), []).append(run)
     return dict(sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
 
 
@@ -229,7 +229,7 @@ def baseline_comparison(results: StudyResults) -> pd.DataFrame:
         (number, epochs, {v: _by_epochs(stored.get(v, []), search_epochs).get(epochs) for v in stored})
         for number, stored in sorted(results.baselines.items(), key=lambda kv: int(kv[0]))
         for epochs in sorted(
-            {r.get("epochs", search_epochs) for runs in stored.values() for r in runs},
+            {run_epochs(r, search_epochs) for runs in stored.values() for r in runs},
             key=lambda e: (e is None, e or 0),
         )
     ]

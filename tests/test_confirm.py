@@ -16,7 +16,7 @@ from autokd.confirmation import (
     confirmation_seeds,
     front_to_confirm,
 )
-from autokd.record import load_records
+from autokd.record import load_records, run_epochs
 from autokd.reporting import baseline_comparison, baseline_table, confirmed_front, load_results, mean_std
 from autokd.storage import load_run_study
 from autokd.trial import TrialConfig
@@ -167,6 +167,11 @@ def test_confirm_trial_off_the_front_is_one_line_listing_the_front(confirmed_run
 def test_a_figure_from_one_seed_says_so_instead_of_a_spread():
     assert mean_std(0.92014, float("nan"), 4) == "0.9201 (one seed)"
     assert mean_std(0.9315, 0.0006, 4) == "0.9315 ± 0.0006"
+
+
+def test_a_run_stored_without_its_epochs_trained_for_the_searchs_budget():
+    assert run_epochs({"seed": 7, "int8_accuracy": 0.9}, 12) == 12
+    assert run_epochs({"seed": 7, "int8_accuracy": 0.9, "epochs": 60}, 12) == 60
 
 
 def test_one_seed_per_setting_has_no_spread_to_beat():
