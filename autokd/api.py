@@ -193,12 +193,29 @@ def confirm(
 
 
 def export(
-    run: str | Path, trial: int, *, format: str | None = None, out: str | Path | None = None
+    run: str | Path,
+    trial: int,
+    *,
+    format: str | None = None,
+    out: str | Path | None = None,
+    setting: str | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
 ) -> Export:
-    """Write completed trial ``trial``'s INT8 student as a deployable artifact with its model card."""
+    """Write completed trial ``trial``'s INT8 student as a deployable artifact with its model card; with
+    ``setting`` (``searched``, ``hard_labels`` or ``literature_kd``), the ``autokd confirm`` run of
+    that setting, at ``epochs`` with ``seed`` where it has several."""
     from autokd.deploy import export_trial
 
-    return export_trial(Path(run), trial, artifact_format=format, out=Path(out) if out else None)
+    return export_trial(
+        Path(run),
+        trial,
+        artifact_format=format,
+        out=Path(out) if out else None,
+        setting=setting,
+        epochs=epochs,
+        seed=seed,
+    )
 
 
 def load(path: str | Path, *, trust: bool = False) -> DeployedModel:

@@ -129,11 +129,23 @@ def _confirm(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import autokd
 
-    result = autokd.export(args.run_dir, args.trial, format=args.format, out=args.out)
+    result = autokd.export(
+        args.run_dir,
+        args.trial,
+        format=args.format,
+        out=args.out,
+        setting=args.setting,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
     recorded = result.card["metrics"]["recorded_by_study"].get("int8_accuracy")
     same = result.card["same_backend_as_study"]
+    run = result.card.get("confirmation")
+    what = f"trial {args.trial}" + (
+        f" ({run['setting']}, {run['epochs']} epochs, seed {run['seed']})" if run else ""
+    )
     print(
-        f"exported trial {args.trial} to {result.artifact} ({result.card['runtime']}); test top-1 of the artifact "
+        f"exported {what} to {result.artifact} ({result.card['runtime']}); test top-1 of the artifact "
         f"{result.accuracy:.4f}"
         + (f", recorded by the study {recorded:.4f}" if same and recorded is not None else "")
         + f"; model card: {result.directory / 'model_card.json'}"
@@ -278,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         "program for torch.compile); default: the study's backend",
     )
     export.add_argument("--out", type=Path, default=None, help="folder (default: RUN_DIR/exports/trial-N)")
+    export.add_argument(
+        "--setting",
+        default=None,
+        help="export an autokd confirm run instead of the search's: searched, hard_labels or literature_kd "
+        "(the report's 'What to ship' gives the command)",
+    )
+    export.add_argument("--epochs", type=int, default=None, help="with --setting: the run's training epochs")
+    export.add_argument("--seed", type=int, default=None, help="with --setting: the run's seed")
     export.set_defaults(handler=_export)
 
     predict = sub.add_parser(

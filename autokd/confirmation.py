@@ -50,6 +50,8 @@ BASELINE_VARIANTS = {
     },
 }
 BASELINE_TITLES = {"hard_labels": "hard labels only", "literature_kd": "Hinton KD, T = 4, 0.9 / 0.1"}
+SEARCHED = "searched"  # the setting name of a confirmation run of the searched setting itself
+SETTINGS = (SEARCHED, *BASELINE_VARIANTS)
 SEED_STRIDE = 7919  # confirmation seed k of a trial: its own seed + k * SEED_STRIDE
 
 
@@ -100,6 +102,20 @@ def baseline_config(config, variant: str, seed: int):
     return replace(config, seed=seed, **BASELINE_VARIANTS[variant])
 
 
+def setting_runs(records, number: int, setting: str) -> list[dict]:
+    """The stored runs of trial ``number`` trained with ``setting`` (``searched`` or a baseline's name)."""
+    if setting == SEARCHED:
+        return list(records.confirmations.get(str(number), []))
+    return list(records.baselines.get(str(number), {}).get(setting, []))
+
+
+def setting_config(searched, setting: str, epochs: int, seed: int):
+    """The config a confirmation run of ``setting`` trained: the searched one's architecture and loss (or
+    the baseline's loss) at ``epochs`` with ``seed``."""
+    config = replace(searched, epochs=epochs, seed=seed)
+    return config if setting == SEARCHED else baseline_config(config, setting, seed)
+
+
 def confirm(
     run_dir: str | Path,
     *,
@@ -121,7 +137,7 @@ def confirm(
     from autokd.record import load_records
     from autokd.registry import load_extension_files
     from autokd.resources import prepare_resources
-    from autokd.storage import StudyOwner, load_run_study
+    from autokd.storage import StudyOwner, confirmation_dir, load_run_study
     from autokd.trial import TrialConfig, run_trial
 
     if seeds < 1:
@@ -194,6 +210,10 @@ def confirm(
                 device=resources.device,
                 amp=study.training.amp,
                 cpu_bf16=study.training.cpu_bf16,
+                # kept, so that a confirmed setting can be exported (autokd export --setting)
+                artifact_dir=confirmation_dir(
+                    run_dir, record.number, variant or SEARCHED, config.epochs, config.seed
+                ),
             )
             run = {
                 "seed": config.seed,

@@ -9,6 +9,7 @@ test split and records its accuracy next to the one the study recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import pickle
@@ -32,10 +33,10 @@ from autokd.quantize import (
     calibration_batches,
     top1,
 )
-from autokd.record import StudyRecord, load_records
+from autokd.record import StudyRecord, load_records, run_epochs
 from autokd.registry import load_extension_files
 from autokd.resources import load_study_data
-from autokd.storage import trial_dir
+from autokd.storage import confirmation_dir, trial_dir
 from autokd.students import count_parameters
 from autokd.trial import STUDENT_WEIGHTS, TrialConfig, new_student
 
@@ -104,10 +105,48 @@ def _student_weights(weights: Path, number: int) -> dict:
         ) from None
 
 
+def _confirmation_run(records, number: int, setting: str, epochs: int | None, seed: int | None) -> dict:
+    """The one stored ``autokd confirm`` run of trial ``number`` with ``setting`` that ``epochs`` and
+    ``seed`` pick; an :class:`ExportError` naming the stored runs when none or several match."""
+    from autokd.confirmation import SETTINGS, setting_runs
+
+    if setting not in SETTINGS:
+        raise ExportError(f"--setting {setting}: allowed: {', '.join(SETTINGS)}")
+    search_epochs = TrialConfig.from_dict(records.trial(number).config).epochs
+    runs = [
+        r
+        for r in setting_runs(records, number, setting)
+        if (epochs is None or run_epochs(r, search_epochs) == epochs) and (seed is None or r["seed"] == seed)
+    ]
+    if len(runs) == 1:
+        return runs[0]
+    stored = ", ".join(
+        f"--epochs {run_epochs(r, search_epochs)} --seed {r['seed']}"
+        for r in setting_runs(records, number, setting)
+    )
+    if not runs:
+        raise ExportError(
+            f"trial {number} has no '{setting}' confirmation run"
+            + (f" at {epochs} epochs" if epochs is not None else "")
+            + (f" with seed {seed}" if seed is not None else "")
+            + (f"; stored: {stored}" if stored else "; run autokd confirm first")
+        )
+    raise ExportError(f"trial {number} has {len(runs)} '{setting}' confirmation runs: choose one of {stored}")
+
+
 def export_trial(
-    run_dir: Path, number: int, *, artifact_format: str | None = None, out: Path | None = None
+    run_dir: Path,
+    number: int,
+    *,
+    artifact_format: str | None = None,
+    out: Path | None = None,
+    setting: str | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
 ) -> Export:
-    """Export completed trial ``number`` of the study in ``run_dir`` (see the module docstring)."""
+    """Export completed trial ``number`` of the study in ``run_dir`` (see the module docstring); with
+    ``setting`` (``searched`` or a baseline's name), the ``autokd confirm`` run of that setting that
+    ``epochs`` and ``seed`` pick (needed where it has several) instead of the search's own run."""
     run_dir = Path(run_dir)
     records = _records(run_dir)
     try:
@@ -118,13 +157,27 @@ def export_trial(
         ) from None
     if not record.completed or record.config is None:
         raise ExportError(f"trial {number} is {record.state}, not COMPLETE: there is nothing to export")
-    weights = trial_dir(run_dir, number) / STUDENT_WEIGHTS
+    config = TrialConfig.from_dict(record.config)
+    confirmation = None
+    if setting is None:
+        if epochs is not None or seed is not None:
+            raise ExportError("--epochs and --seed choose an autokd confirm run: give --setting too")
+        weights = trial_dir(run_dir, number) / STUDENT_WEIGHTS
+        what = f"trial {number}"
+    else:
+        from autokd.confirmation import setting_config
+
+        confirmation = _confirmation_run(records, number, setting, epochs, seed)
+        config = setting_config(
+            config, setting, run_epochs(confirmation, config.epochs), confirmation["seed"]
+        )
+        weights = confirmation_dir(run_dir, number, setting, config.epochs, config.seed) / STUDENT_WEIGHTS
+        what = f"trial {number}'s '{setting}' run at {config.epochs} epochs, seed {config.seed},"
     if not weights.exists():
-        raise ExportError(f"trial {number} kept no student weights ({weights} not found)")
+        raise ExportError(f"{what} kept no student weights ({weights} not found)")
     state = _student_weights(weights, number)  # before any data is loaded: a damaged file fails at once
     load_extension_files(records.extensions)  # a family, dataset or backend may come from them
     study = parse_study(records.settings, f"{run_dir} (stored study)")
-    config = TrialConfig.from_dict(record.config)
     backend = BACKENDS.get(config.quantization_backend)
     if artifact_format is not None:
         if artifact_format not in artifact_formats():
@@ -147,7 +200,12 @@ def export_trial(
     calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
     int8 = backend.quantize(student, calibration)
 
-    directory = Path(out) if out is not None else run_dir / EXPORTS_DIR / f"trial-{number}"
+    name = (
+        f"trial-{number}"
+        if setting is None
+        else f"trial-{number}-{setting}-{config.epochs}-epochs-seed-{config.seed}"
+    )
+    directory = Path(out) if out is not None else run_dir / EXPORTS_DIR / name
     artifact = int8.save(directory / "model")
     deployed = load(artifact, trust=True)  # the file this process has just written
     accuracy = top1(deployed, data.test_x, data.test_y)
@@ -179,7 +237,10 @@ def export_trial(
             "weight_bytes_int8": int8.weight_bytes(),
             "artifact_bytes": artifact.stat().st_size,
         },
-        "settings": attrs.get("config", {}),
+        "settings": attrs.get("config", {}) if confirmation is None else dataclasses.asdict(config),
+        "confirmation": None
+        if confirmation is None
+        else {"setting": setting, "epochs": config.epochs, "seed": config.seed},
         "teacher": dict(records.teacher),
         "data": {
             **study.data.model_dump(),
@@ -188,7 +249,9 @@ def export_trial(
         },
         "metrics": {
             "test_accuracy_of_artifact": accuracy,
-            "recorded_by_study": {key: attrs.get(key) for key in RECORDED_METRICS if key in attrs},
+            "recorded_by_study": {key: attrs.get(key) for key in RECORDED_METRICS if key in attrs}
+            if confirmation is None
+            else {key: confirmation[key] for key in RECORDED_METRICS if key in confirmation},
         },
         "extensions": records.extensions,  # trusted code the data or student may need (see docs/methods.md)
         "versions": _versions(),

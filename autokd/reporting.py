@@ -551,6 +551,123 @@ def recommend(results: StudyResults, done: pd.DataFrame, floor: float) -> list[R
     ]
 
 
+def confirmed_settings(results: StudyResults) -> pd.DataFrame:
+    """One row per trial, training budget and setting retrained by ``autokd confirm`` (the searched
+    setting, and each baseline with ``--baselines``): retention and INT8 top-1 as mean and standard
+    deviation over its seeds (the search's own run included at the search's budget), the trial's
+    architecture, size and latency (the median over all its runs, every setting's), and ``ship_seed``, the seed of its median-retention run among those that kept
+    their weights (``None`` when none did), so the model exported scores what the mean says."""
+    from autokd.confirmation import BASELINE_TITLES, SEARCHED, SETTINGS, setting_runs
+    from autokd.storage import confirmation_dir
+    from autokd.trial import STUDENT_WEIGHTS
+
+    search_epochs = _search_epochs(results)
+    trials = results.trials
+    rows = []
+    numbers = sorted({int(n) for n in [*results.confirmations, *results.baselines]})
+    for number in numbers:
+        row = trials[trials["trial"] == number] if len(trials) else trials
+        if not len(row):
+            continue
+        first = row.iloc[0]
+        latencies: list[float] = []
+        for setting in SETTINGS:
+            runs = setting_runs(results, number, setting)
+            for epochs, group in _by_epochs(runs, search_epochs).items():
+                kept = [
+                    r
+                    for r in sorted(group, key=lambda r: r["retention"])
+                    if (
+                        confirmation_dir(results.run_dir, number, setting, epochs, r["seed"])
+                        / STUDENT_WEIGHTS
+                    ).exists()
+                ]
+                if setting == SEARCHED and epochs == search_epochs:
+                    group = [{k: first[k] for k in ("retention", "int8_accuracy", "latency_ms")}, *group]
+                retention = np.array([r["retention"] for r in group], dtype=float)
+                accuracy = np.array([r["int8_accuracy"] for r in group], dtype=float)
+                rows.append(
+                    {
+                        "trial": number,
+                        "epochs": epochs,
+                        "setting": setting,
+                        "method": first.get("method") if setting == SEARCHED else BASELINE_TITLES[setting],
+                        "family": first.get("family"),
+                        "width": first.get("width"),
+                        "depth": first.get("depth"),
+                        "seeds": len(group),
+                        "retention_mean": retention.mean(),
+                        "retention_std": retention.std(ddof=1) if len(group) > 1 else float("nan"),
+                        "int8_accuracy_mean": accuracy.mean(),
+                        "int8_accuracy_std": accuracy.std(ddof=1) if len(group) > 1 else float("nan"),
+                        "compression": float(first["compression"]),
+                        "weight_bytes": first.get("weight_bytes"),
+                        "latency_ms": float("nan"),  # set below: the architecture's, over all its runs
+                        "ship_seed": int(kept[(len(kept) - 1) // 2]["seed"]) if kept else None,
+                    }
+                )
+            latencies += [r["latency_ms"] for r in runs]
+        for r in rows:  # every setting of a trial trains the same architecture: one latency for all
+            if r["trial"] == number:
+                r["latency_ms"] = float(np.median([first["latency_ms"], *latencies]))
+    return pd.DataFrame(rows)
+
+
+def recommend_confirmed(results: StudyResults, settings: pd.DataFrame, floor: float) -> list[Recommendation]:
+    """The smallest, the fastest and the best-retention retrained settings whose mean retention over
+    their seeds is at or above the floor; each with the ``autokd export`` command of its median run."""
+    eligible = settings[settings["retention_mean"] >= floor] if len(settings) else settings
+    if not len(eligible):
+        return []
+    order = {
+        "smallest": eligible.sort_values(["compression", "retention_mean"], ascending=[False, False]),
+        "fastest": eligible.sort_values(["latency_ms", "retention_mean"], ascending=[True, False]),
+        "best retention": eligible.sort_values(["retention_mean", "compression"], ascending=[False, False]),
+    }
+    picks: dict[int, list[str]] = {}
+    for reason, ranked in order.items():
+        picks.setdefault(ranked.index[0], []).append(reason)
+    recommendations = []
+    for index, reasons in picks.items():
+        row = eligible.loc[index]
+        command = (
+            f"autokd export {results.run_dir} --trial {row['trial']} --setting {row['setting']} "
+            f"--epochs {row['epochs']} --seed {int(row['ship_seed'])}"
+            if pd.notna(row["ship_seed"])
+            else "no weights kept (confirmed before autokd confirm kept them)"
+        )
+        recommendations.append(Recommendation(reasons=tuple(reasons), row=row, export_command=command))
+    return recommendations
+
+
+def _confirmed_decision_rows(recommendations: list[Recommendation]) -> list[dict]:
+    """The decision table of retrained settings: one row per recommended setting."""
+    return [
+        {
+            "ship": " / ".join(rec.reasons),
+            "trial": int(rec.row["trial"]),
+            "student": _student(rec.row),
+            "method": rec.row["method"],
+            "epochs": int(rec.row["epochs"]),
+            "seeds": int(rec.row["seeds"]),
+            "retention": mean_std(rec.row["retention_mean"], rec.row["retention_std"], 3),
+            "INT8 top-1": mean_std(rec.row["int8_accuracy_mean"], rec.row["int8_accuracy_std"], 4),
+            "size": f"{rec.row['weight_bytes'] / 1000:,.1f} KB"
+            if pd.notna(rec.row.get("weight_bytes"))
+            else "?",
+            "x smaller": f"{rec.row['compression']:.0f}x",
+            "export": rec.export_command,
+        }
+        for rec in recommendations
+    ]
+
+
+RETRAINED_LEAD = (
+    "Retrained over seeds (autokd confirm; mean ± std over the seeds, stronger evidence than one search run):"
+)
+SEARCHED_LEAD = "From the search (one run each):"
+
+
 def _student(row: pd.Series) -> str:
     return (
         f"{row.get('family')} w={row.get('width', float('nan')):.2f} d={row.get('depth', float('nan')):.2f}"
@@ -698,6 +815,16 @@ def summary_markdown(results: StudyResults, done: pd.DataFrame, front: pd.DataFr
     recs = recommend(results, done, floor)
     failures = _failures(trials)
     lines = [f"# autokd report: {results.name}", "", f"## What to ship (retention floor {floor:g})", ""]
+    retrained = recommend_confirmed(results, confirmed_settings(results), floor)
+    if retrained:
+        lines += [
+            RETRAINED_LEAD,
+            "",
+            _markdown(pd.DataFrame(_confirmed_decision_rows(retrained))),
+            "",
+            SEARCHED_LEAD,
+            "",
+        ]
     if recs:
         lines.append(_markdown(pd.DataFrame(_decision_rows(recs, teacher))))
     else:
@@ -818,6 +945,14 @@ def write_report(run_dir: Path, reports_root: Path) -> Path:
         decision_html = decision.to_html(index=False, border=0, escape=False)
     else:
         decision_html = f"<p>{html.escape(_no_recommendation(done, floor, results.executions))}</p>"
+    retrained = recommend_confirmed(results, confirmed_settings(results), floor)
+    if retrained:
+        table = pd.DataFrame(_confirmed_decision_rows(retrained))
+        table["export"] = [f"<code>{html.escape(c)}</code>" for c in table["export"]]
+        decision_html = (
+            f"<p>{html.escape(RETRAINED_LEAD)}</p>{table.to_html(index=False, border=0, escape=False)}"
+            f"<p>{html.escape(SEARCHED_LEAD)}</p>{decision_html}"
+        )
 
     parts = []
     if len(done):

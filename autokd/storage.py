@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 
 JOURNAL = "optuna-journal.log"
 TRIALS_DIR = "trials"
+CONFIRMATIONS_DIR = "confirmations"  # autokd confirm: each run's weights, as TRIALS_DIR holds each trial's
 # A trial whose worker died is failed after this many silent heartbeat intervals, then run again.
 GRACE_INTERVALS = 3
 MAX_RETRIES = 2
@@ -53,6 +54,12 @@ def with_installed_driver(url: str) -> str:
 def trial_dir(run_dir: Path, number: int) -> Path:
     """Where trial ``number`` keeps its FP32 student weights and INT8 artifact."""
     return run_dir / TRIALS_DIR / str(number)
+
+
+def confirmation_dir(run_dir: Path, number: int, setting: str, epochs: int, seed: int) -> Path:
+    """Where one ``autokd confirm`` run of trial ``number`` keeps its FP32 student weights and INT8
+    artifact: ``setting`` is ``searched`` or a baseline's name."""
+    return run_dir / CONFIRMATIONS_DIR / str(number) / f"{setting}-{epochs}-epochs-seed-{seed}"
 
 
 def _complete_length(data: bytes) -> int:

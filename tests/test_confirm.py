@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pandas as pd
@@ -9,17 +10,34 @@ import pytest
 
 import autokd
 from autokd.cli import main
+from autokd.config import parse_study
 from autokd.confirmation import (
     BASELINES,
     CONFIRMATIONS,
+    SETTINGS,
     baseline_config,
     confirmation_seeds,
     front_to_confirm,
+    setting_runs,
 )
+from autokd.deploy import MODEL_CARD
+from autokd.quantize import top1
 from autokd.record import load_records, run_epochs
-from autokd.reporting import baseline_comparison, baseline_table, confirmed_front, load_results, mean_std
-from autokd.storage import load_run_study
-from autokd.trial import TrialConfig
+from autokd.reporting import (
+    RETRAINED_LEAD,
+    SEARCHED_LEAD,
+    baseline_comparison,
+    baseline_table,
+    confirmed_front,
+    confirmed_settings,
+    load_results,
+    mean_std,
+    recommend_confirmed,
+    summary_markdown,
+)
+from autokd.resources import load_study_data
+from autokd.storage import confirmation_dir, load_run_study
+from autokd.trial import STUDENT_WEIGHTS, TrialConfig
 
 
 def test_confirmation_seeds_are_new_and_the_same_on_every_rerun():
@@ -182,3 +200,95 @@ def test_one_seed_per_setting_has_no_spread_to_beat():
     row |= {"literature_kd_int8_mean": 0.9297, "literature_kd_int8_std": nan}
     (shown,) = baseline_table(pd.DataFrame([row])).to_dict("records")
     assert shown["lead > largest std"] == "n/a (one seed)" and shown["searched"] == "0.9201 (one seed)"
+
+
+def _literature_kd_runs(run_dir):
+    records = load_records(run_dir)
+    ((number, variants),) = records.baselines.items()
+    return records, int(number), variants["literature_kd"]
+
+
+@pytest.mark.slow
+def test_every_confirmation_run_keeps_its_student_weights(confirmed_run):
+    records = load_records(confirmed_run)
+    ((number, runs),) = records.confirmations.items()
+    stored = [("searched", r) for r in runs]
+    stored += [(v, r) for v, vruns in records.baselines[number].items() for r in vruns]
+    for setting, run in stored:
+        folder = confirmation_dir(confirmed_run, int(number), setting, run["epochs"], run["seed"])
+        assert (folder / STUDENT_WEIGHTS).exists(), folder
+
+
+@pytest.mark.slow
+def test_a_confirmed_baseline_exports_with_the_accuracy_its_run_recorded(confirmed_run, tmp_path):
+    records, number, runs = _literature_kd_runs(confirmed_run)
+    run, out = runs[-1], tmp_path / "export"
+    command = ["export", str(confirmed_run), "--trial", str(number), "--setting", "literature_kd"]
+    assert main([*command, "--seed", str(run["seed"]), "--out", str(out)]) == 0
+    card = json.loads((out / MODEL_CARD).read_text())
+    assert card["confirmation"] == {"setting": "literature_kd", "epochs": run["epochs"], "seed": run["seed"]}
+    assert card["settings"]["methods"] == ["hinton_kd"] and card["settings"]["distillation_share"] == 0.9
+    assert card["metrics"]["recorded_by_study"]["int8_accuracy"] == run["int8_accuracy"]
+    data = load_study_data(parse_study(records.settings))
+    assert top1(autokd.load(out), data.test_x, data.test_y) == pytest.approx(run["int8_accuracy"], abs=0.001)
+
+
+@pytest.mark.slow
+def test_exporting_a_setting_with_several_runs_asks_for_one_and_exits_2(confirmed_run, capsys):
+    _, number, runs = _literature_kd_runs(confirmed_run)
+    command = ["export", str(confirmed_run), "--trial", str(number), "--setting", "literature_kd"]
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{len(runs)} 'literature_kd' confirmation runs: choose one of" in err and "\n" not in err
+    assert all(f"--seed {r['seed']}" in err for r in runs)
+
+
+@pytest.mark.slow
+def test_exporting_an_unknown_setting_lists_the_allowed_ones_and_exits_2(confirmed_run, capsys):
+    _, number, _ = _literature_kd_runs(confirmed_run)
+    assert main(["export", str(confirmed_run), "--trial", str(number), "--setting", "distilled"]) == 2
+    assert f"--setting distilled: allowed: {', '.join(SETTINGS)}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_seed_without_a_setting_is_one_line(confirmed_run, capsys):
+    _, number, runs = _literature_kd_runs(confirmed_run)
+    assert main(["export", str(confirmed_run), "--trial", str(number), "--seed", str(runs[0]["seed"])]) == 2
+    assert "--epochs and --seed choose an autokd confirm run: give --setting too" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_each_retrained_setting_is_one_row_over_its_seeds(confirmed_run):
+    frame = confirmed_settings(load_results(confirmed_run)).set_index("setting")
+    # the searched setting: the search's own run and 1 confirmation; each baseline: the same 2 seeds
+    assert set(frame.index) == set(SETTINGS) and (frame["seeds"] == 2).all()
+
+
+@pytest.mark.slow
+def test_what_to_ship_exports_the_median_run_of_a_retrained_setting(confirmed_run):
+    results = load_results(confirmed_run)
+    (best, *_) = recommend_confirmed(results, confirmed_settings(results), floor=0.0)
+    trial, setting = int(best.row["trial"]), best.row["setting"]
+    runs = sorted(setting_runs(results, trial, setting), key=lambda r: r["retention"])
+    median = runs[(len(runs) - 1) // 2]
+    assert best.export_command.endswith(
+        f"--trial {trial} --setting {setting} --epochs {median['epochs']} --seed {median['seed']}"
+    )
+
+
+@pytest.mark.slow
+def test_a_retrained_setting_below_the_floor_is_not_recommended(confirmed_run):
+    results = load_results(confirmed_run)
+    settings = confirmed_settings(results)
+    assert recommend_confirmed(results, settings, floor=settings["retention_mean"].max() + 0.01) == []
+
+
+@pytest.mark.slow
+def test_the_report_leads_with_retrained_settings_above_the_floor(confirmed_run):
+    results = load_results(confirmed_run)
+    results.settings.setdefault("objectives", {})["retention_floor"] = 0.0  # every setting clears it
+    done = results.trials[results.trials["state"] == "COMPLETE"]
+    summary = summary_markdown(results, done, done, 0.0)
+    retrained, searched = summary.index(RETRAINED_LEAD), summary.index(SEARCHED_LEAD)
+    assert retrained < searched < summary.index("## Pareto front")
+    assert "--setting" in summary[retrained:searched] and "--setting" not in summary[searched:]
