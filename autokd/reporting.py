@@ -164,6 +164,17 @@ def _by_epochs(runs: list[dict], search_epochs: int | None) -> dict[int | None, 
     return dict(sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
 
 
+def over_seeds(runs: list[dict]) -> dict:
+    """``seeds``, and retention and INT8 top-1 as mean and sample standard deviation (NaN for one seed),
+    over stored runs of one setting."""
+    columns = {"seeds": len(runs)}
+    for key in ("retention", "int8_accuracy"):
+        values = np.array([r[key] for r in runs], dtype=float)
+        columns[f"{key}_mean"] = values.mean()
+        columns[f"{key}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return columns
+
+
 def confirmed_front(results: StudyResults) -> pd.DataFrame:
     """One row per confirmed front point and training budget (``autokd confirm [--epochs N]``): retention
     and INT8 top-1 as mean and standard deviation over all its seeds at that budget (the search's run
@@ -187,18 +198,13 @@ def confirmed_front(results: StudyResults) -> pd.DataFrame:
         own_budget = epochs == search_epochs
         every = [search_run, *runs] if own_budget else runs
         retention = np.array([r["retention"] for r in every], dtype=float)
-        accuracy = np.array([r["int8_accuracy"] for r in every], dtype=float)
         rows.append(
             {
                 "trial": int(number),
                 "epochs": epochs,
                 "family": first.get("family"),
                 "method": first.get("method"),
-                "seeds": len(every),
-                "retention_mean": retention.mean(),
-                "retention_std": retention.std(ddof=1) if len(every) > 1 else float("nan"),
-                "int8_accuracy_mean": accuracy.mean(),
-                "int8_accuracy_std": accuracy.std(ddof=1) if len(every) > 1 else float("nan"),
+                **over_seeds(every),
                 "compression": float(first["compression"]),
                 "latency_ms": float(np.median([r["latency_ms"] for r in every])),
                 # the confirmation runs (at the search's budget, the search's own run is the first)
@@ -584,8 +590,6 @@ def confirmed_settings(results: StudyResults) -> pd.DataFrame:
                 ]
                 if setting == SEARCHED and epochs == search_epochs:
                     group = [{k: first[k] for k in ("retention", "int8_accuracy", "latency_ms")}, *group]
-                retention = np.array([r["retention"] for r in group], dtype=float)
-                accuracy = np.array([r["int8_accuracy"] for r in group], dtype=float)
                 rows.append(
                     {
                         "trial": number,
@@ -595,11 +599,7 @@ def confirmed_settings(results: StudyResults) -> pd.DataFrame:
                         "family": first.get("family"),
                         "width": first.get("width"),
                         "depth": first.get("depth"),
-                        "seeds": len(group),
-                        "retention_mean": retention.mean(),
-                        "retention_std": retention.std(ddof=1) if len(group) > 1 else float("nan"),
-                        "int8_accuracy_mean": accuracy.mean(),
-                        "int8_accuracy_std": accuracy.std(ddof=1) if len(group) > 1 else float("nan"),
+                        **over_seeds(group),
                         "compression": float(first["compression"]),
                         "weight_bytes": first.get("weight_bytes"),
                         "latency_ms": float("nan"),  # set below: the architecture's, over all its runs
