@@ -103,8 +103,10 @@ def test_consecutive_failures_stop_the_study(tiny_study, shared_runs, search_wit
 
 
 def test_a_trial_below_the_median_is_stopped_recorded_pruned_and_reported(
-    tiny_study, shared_runs, search_with, tmp_path
+    tiny_study, shared_runs, search_with, tmp_path, tiny_resources
 ):
+    # tiny_resources: the teacher is trained before the search, so its training does not eat the
+    # 15-second time limit (on a busy machine it did, and no trial started)
     study = _named(tiny_study, search_with, "early-stop")
     study["search_space"]["families"] = ["resnet"]
     study["budget"].update(trials=3, epochs=3, time_limit_minutes=0.25)
@@ -124,7 +126,11 @@ def test_a_trial_below_the_median_is_stopped_recorded_pruned_and_reported(
     assert f"{len(stopped)} trial(s) stopped" in summary
 
 
-def test_the_prescreen_skips_a_student_that_cannot_extend_the_front(tiny_study, shared_runs, search_with):
+def test_the_prescreen_skips_a_student_that_cannot_extend_the_front(
+    tiny_study, shared_runs, search_with, tiny_resources
+):
+    # tiny_resources: the teacher is trained first, so the 15-second time limit is all prescreening
+    # (on a busy machine the teacher's training used it up and no student was prescreened)
     study = _named(tiny_study, search_with, "prescreen")
     study["prescreen"] = True
     study["budget"].update(trials=3, time_limit_minutes=0.25)
