@@ -190,9 +190,11 @@ def confirm(
             # part-way has still compared the searched setting and its baselines on the same seeds.
             for s in [config.seed, *confirmation_seeds(config.seed, seeds)]:
                 if s not in done_searched:
-                    todo.append((record, replace(config, seed=s), None))
+                    todo.append((record, setting_config(config, SEARCHED, config.epochs, s), None))
                 todo += [
-                    (record, baseline_config(config, v, s), v) for v in variants if s not in done_baselines[v]
+                    (record, setting_config(config, v, config.epochs, s), v)
+                    for v in variants
+                    if s not in done_baselines[v]
                 ]
         what = " and their baselines (hard labels; Hinton KD, T = 4, 0.9)" if baselines else ""
         budget = f", {epochs} epochs each" if epochs else ""

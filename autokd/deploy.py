@@ -200,11 +200,7 @@ def export_trial(
     calibration = calibration_batches(data.train_x, config.batch_size, config.calibration_batches)
     int8 = backend.quantize(student, calibration)
 
-    name = (
-        f"trial-{number}"
-        if setting is None
-        else f"trial-{number}-{setting}-{config.epochs}-epochs-seed-{config.seed}"
-    )
+    name = f"trial-{number}" if setting is None else f"trial-{number}-{weights.parent.name}"
     directory = Path(out) if out is not None else run_dir / EXPORTS_DIR / name
     artifact = int8.save(directory / "model")
     deployed = load(artifact, trust=True)  # the file this process has just written

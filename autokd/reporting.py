@@ -539,30 +539,37 @@ def recommend(results: StudyResults, done: pd.DataFrame, floor: float) -> list[R
         eligible = eligible[eligible["feasible"].astype(bool)]  # within the study's constraints
     if not len(eligible):
         return []
-    picks: dict[int, list[str]] = {}
-    order = {
-        "smallest": eligible.sort_values(["compression", "retention"], ascending=[False, False]),
-        "fastest": eligible.sort_values(["latency_ms", "retention"], ascending=[True, False]),
-        "best retention": eligible.sort_values(["retention", "compression"], ascending=[False, False]),
-    }
-    for reason, ranked in order.items():
-        picks.setdefault(int(ranked["trial"].iloc[0]), []).append(reason)
     return [
         Recommendation(
-            reasons=tuple(reasons),
-            row=eligible[eligible["trial"] == trial].iloc[0],
-            export_command=f"autokd export {results.run_dir} --trial {trial}",
+            reasons=reasons,
+            row=eligible.loc[index],
+            export_command=f"autokd export {results.run_dir} --trial {int(eligible.loc[index, 'trial'])}",
         )
-        for trial, reasons in picks.items()
+        for index, reasons in _picks(eligible, "retention").items()
     ]
+
+
+def _picks(eligible: pd.DataFrame, retention: str) -> dict:
+    """The rows of ``eligible`` that are the smallest, the fastest and the best on column ``retention``
+    (ties broken by retention, then compression), each once with all its reasons: {index: reasons}."""
+    order = {
+        "smallest": eligible.sort_values(["compression", retention], ascending=[False, False]),
+        "fastest": eligible.sort_values(["latency_ms", retention], ascending=[True, False]),
+        "best retention": eligible.sort_values([retention, "compression"], ascending=[False, False]),
+    }
+    picks: dict = {}
+    for reason, ranked in order.items():
+        picks[ranked.index[0]] = (*picks.get(ranked.index[0], ()), reason)
+    return picks
 
 
 def confirmed_settings(results: StudyResults) -> pd.DataFrame:
     """One row per trial, training budget and setting retrained by ``autokd confirm`` (the searched
     setting, and each baseline with ``--baselines``): retention and INT8 top-1 as mean and standard
     deviation over its seeds (the search's own run included at the search's budget), the trial's
-    architecture, size and latency (the median over all its runs, every setting's), and ``ship_seed``, the seed of its median-retention run among those that kept
-    their weights (``None`` when none did), so the model exported scores what the mean says."""
+    architecture, size and latency (the median over all its runs, every setting's), and ``ship_seed``,
+    the seed of its median-retention run among those that kept their weights (``None`` when none
+    did), so the model exported scores what the mean says."""
     from autokd.confirmation import BASELINE_TITLES, SEARCHED, SETTINGS, setting_runs
     from autokd.storage import confirmation_dir
     from autokd.trial import STUDENT_WEIGHTS
@@ -619,16 +626,8 @@ def recommend_confirmed(results: StudyResults, settings: pd.DataFrame, floor: fl
     eligible = settings[settings["retention_mean"] >= floor] if len(settings) else settings
     if not len(eligible):
         return []
-    order = {
-        "smallest": eligible.sort_values(["compression", "retention_mean"], ascending=[False, False]),
-        "fastest": eligible.sort_values(["latency_ms", "retention_mean"], ascending=[True, False]),
-        "best retention": eligible.sort_values(["retention_mean", "compression"], ascending=[False, False]),
-    }
-    picks: dict[int, list[str]] = {}
-    for reason, ranked in order.items():
-        picks.setdefault(ranked.index[0], []).append(reason)
     recommendations = []
-    for index, reasons in picks.items():
+    for index, reasons in _picks(eligible, "retention_mean").items():
         row = eligible.loc[index]
         command = (
             f"autokd export {results.run_dir} --trial {row['trial']} --setting {row['setting']} "
@@ -636,7 +635,7 @@ def recommend_confirmed(results: StudyResults, settings: pd.DataFrame, floor: fl
             if pd.notna(row["ship_seed"])
             else "no weights kept (confirmed before autokd confirm kept them)"
         )
-        recommendations.append(Recommendation(reasons=tuple(reasons), row=row, export_command=command))
+        recommendations.append(Recommendation(reasons=reasons, row=row, export_command=command))
     return recommendations
 
 
