@@ -509,9 +509,22 @@ class Study(_Section):
         return [p if (p := Path(raw)).is_absolute() else base / p for raw in self.extensions]
 
     def teacher_key(self) -> str:
-        """Content hash of everything that determines the teacher: its section and the data it sees."""
+        """Content hash of everything that determines the teacher: its section and the data it sees.
+
+        A factory file and a checkpoint enter it by name and content (SHA-256), not by where they lie, so
+        a run folder keeps its teacher when the project is checked out or moved elsewhere.
+        """
+        return self._teacher_key(located=False)
+
+    def legacy_teacher_key(self) -> str | None:
+        """The key autokd 0.3 gave this teacher, with its factory file's or checkpoint's absolute path in
+        it; None where that is the same as :meth:`teacher_key` (no such file)."""
+        legacy = self._teacher_key(located=True)
+        return legacy if legacy != self.teacher_key() else None
+
+    def _teacher_key(self, located: bool) -> str:
         payload = {
-            "teacher": _teacher_identity(self.teacher),
+            "teacher": _teacher_identity(self.teacher, located),
             "augmentation": self.augmentation.model_dump() if self.augmentation.enabled else None,
             "data": _data_identity(self.data),
             "seed": self.seed,
@@ -539,8 +552,14 @@ _LATER_DATA_FIELDS = (
 )
 
 
-def _teacher_identity(teacher: TeacherSection) -> dict:
+def _teacher_identity(teacher: TeacherSection, located: bool = False) -> dict:
     identity = teacher.model_dump()
+    if not located:  # their content is hashed beside: the file's name is all of its place that counts
+        if identity["checkpoint"]:
+            identity["checkpoint"] = Path(identity["checkpoint"]).name
+        target, _, function = (identity["factory"] or "").rpartition(":")
+        if target.endswith(".py"):
+            identity["factory"] = f"{Path(target).name}:{function}"
     for field in ("factory", "feature_nodes"):  # added after 0.2: absent from older teachers' keys
         if identity[field] is None:
             del identity[field]

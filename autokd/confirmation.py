@@ -138,6 +138,7 @@ def confirm(
     from autokd.registry import load_extension_files
     from autokd.resources import prepare_resources
     from autokd.storage import StudyOwner, confirmation_dir, load_run_study
+    from autokd.teacher import is_study_teacher
     from autokd.trial import TrialConfig, run_trial
 
     if seeds < 1:
@@ -156,7 +157,7 @@ def confirm(
     study = parse_study(records.settings, f"{run_dir} (stored study)")
     with StudyOwner(run_dir, study.name):
         resources = prepare_resources(study, runs_root=run_dir.parent, log=log)
-        if resources.teacher.key != records.teacher.get("key"):
+        if not is_study_teacher(records.teacher.get("key"), study, resources.teacher.key):
             raise ConfirmError(
                 f"the teacher prepared now ({resources.teacher.key}) is not the one study '{study.name}' "
                 f"searched with ({records.teacher.get('key')}): its data or teacher files changed"

@@ -24,11 +24,11 @@ from autokd.methods import METHODS
 from autokd.registry import load_extension_files
 from autokd.space import check_study, methods_of
 from autokd.teacher import (
-    TEACHERS_DIR,
     Teacher,
     augmentation_of,
     check_checkpoint,
     prepare_teacher,
+    teacher_directory,
     teacher_lock,
 )
 from autokd.teacher_cache import TeacherOutputs, build_teacher_outputs
@@ -174,7 +174,7 @@ def prepare_resources(
             f"device {device}"
             + (f", mixed precision {str(precision).removeprefix('torch.')}" if precision else "")
         )
-    directory = runs_root / TEACHERS_DIR / study.teacher_key()
+    directory = teacher_directory(study, runs_root, log)
     with (
         torch_threads(threads or study.training.threads or torch.get_num_threads()),
         teacher_lock(directory, log),

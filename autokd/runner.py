@@ -42,6 +42,7 @@ from autokd.resources import Resources
 from autokd.space import make_sampler, sample_config
 from autokd.storage import StorageLocation, trial_dir
 from autokd.strategy import could_extend_front, dominating, expected_gain, retention_bound
+from autokd.teacher import is_study_teacher
 from autokd.trial import (
     TrialConfig,
     TrialResult,
@@ -266,12 +267,14 @@ def open_study(
     if not existing or not _described(optuna_study, wait=location.heartbeats):
         describe_study(optuna_study, resources, machine_latency_lock())
         return optuna_study
-    stored_key = optuna_study.user_attrs.get("teacher", {}).get("key")
-    if stored_key != resources.teacher.key:
+    stored_teacher = optuna_study.user_attrs.get("teacher", {})
+    if not is_study_teacher(stored_teacher.get("key"), study, resources.teacher.key):
         raise StudyFileError(
-            f"study '{study.name}' in {location.describe()} was run with another teacher or data ({stored_key}); "
-            "rename the study or delete its run folder"
+            f"study '{study.name}' in {location.describe()} was run with another teacher or data "
+            f"({stored_teacher.get('key')}); rename the study or delete its run folder"
         )
+    if stored_teacher["key"] != resources.teacher.key:  # stored under its autokd 0.3 key
+        optuna_study.set_user_attr("teacher", {**stored_teacher, "key": resources.teacher.key})
     # Only resumable settings can differ here (check_unchanged ran first): store the current ones.
     optuna_study.set_user_attr("study", json.loads(study.model_dump_json()))
     return optuna_study

@@ -33,6 +33,7 @@ from autokd.data import DataSplits
 from autokd.quantize import fp32_weight_bytes
 from autokd.storage import file_sha256, write_atomically
 from autokd.students import count_parameters
+from autokd.teacher_cache import OUTPUTS_PREFIX
 from autokd.train import TrainSettings, evaluate, train
 
 TEACHERS_DIR = "_teachers"
@@ -320,6 +321,34 @@ def _read_metrics(path: Path, remedy: str) -> dict:
         ) from None
 
 
+def teacher_directory(study: Study, runs_root: Path, log: Callable[[str], None] = print) -> Path:
+    """The study's teacher folder, ``<runs>/_teachers/<key>``.
+
+    A folder stored under the key autokd 0.3 gave the teacher (one that held the absolute path of its
+    factory file or checkpoint) is moved there first, so the teacher is not trained again; its
+    output caches, keyed by the old key, can never be read again and are deleted.
+    """
+    directory = runs_root / TEACHERS_DIR / study.teacher_key()
+    legacy = study.legacy_teacher_key()
+    old = runs_root / TEACHERS_DIR / legacy if legacy else None
+    if old is not None and old.is_dir() and not directory.exists():
+        with contextlib.suppress(FileNotFoundError):  # another worker moved it first
+            old.rename(directory)
+        for stale in directory.glob(f"{OUTPUTS_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        metrics = directory / "metrics.json"
+        if metrics.is_file():  # the key it records, for whoever reads it
+            write_atomically(json.dumps({**json.loads(metrics.read_text()), "key": directory.name}, indent=2), metrics)
+        log(f"teacher {study.teacher.name}: moved {old} to {directory} (its key no longer holds file paths)")
+    return directory
+
+
+def is_study_teacher(stored_key: str | None, study: Study, key: str) -> bool:
+    """Whether ``stored_key``, the teacher key a run recorded, names the teacher ``key`` of ``study``
+    (under its current key, or the one autokd 0.3 gave it)."""
+    return stored_key is not None and stored_key in (key, study.legacy_teacher_key())
+
+
 def prepare_teacher(
     study: Study, data: DataSplits, runs_root: Path, log: Callable[[str], None] = print, device: str = "cpu"
 ) -> Teacher:
@@ -329,7 +358,7 @@ def prepare_teacher(
     same teacher. Training is seeded with the study's seed, so the same settings give the same teacher.
     """
     key = study.teacher_key()
-    directory = runs_root / TEACHERS_DIR / key
+    directory = teacher_directory(study, runs_root, log)
     weights, metrics_path = directory / "teacher.pt", directory / "metrics.json"
     remedy = f"delete the folder {directory} to train (or load) the teacher again"
     with torch.random.fork_rng(devices=[]):

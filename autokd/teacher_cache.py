@@ -87,6 +87,9 @@ class CacheSpaceError(OSError):
         return str(self.strerror)
 
 
+OUTPUTS_PREFIX = "outputs-"  # a cache's folder name in its teacher's folder, before the cache key
+
+
 def cache_key(teacher_key: str, augmentation: CropFlip | None, views: int, stages: Sequence[int]) -> str:
     """Content hash of what the cache holds: the teacher (settings and weights), the preprocessing and
     the cached stages."""
@@ -150,7 +153,7 @@ def build_teacher_outputs(
         else:
             live.append(stage)
     key = cache_key(teacher_key, augmentation, views, cached_stages)
-    directory = teacher_dir / f"outputs-{key}"
+    directory = teacher_dir / f"{OUTPUTS_PREFIX}{key}"
     meta = _valid_meta(directory, log)
     if meta is None:
         _compute(model, train_x, directory, view_params, augmentation, views, cached_stages, batch_size, log)

@@ -3,13 +3,15 @@ torchvision's feature extractor, response methods needing nothing but its logits
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from autokd.config import StudyFileError, parse_study
 from autokd.resources import prepare_resources
 from autokd.space import check_study
-from autokd.teacher import TeacherFileError
+from autokd.teacher import TEACHERS_DIR, TeacherFileError, is_study_teacher, teacher_directory
 
 MY_CNN = """
 import torch
@@ -115,3 +117,46 @@ def test_a_search_distils_a_factory_teacher(own_teacher, tmp_path, method):
     (trial,) = [t for t in result.records.trials if t.completed]
     assert tuple(trial.config["methods"]) == (method,)
     assert trial.result.compression > 0
+
+
+def _factory_study(own_teacher, folder, code=MY_CNN):
+    folder.mkdir(exist_ok=True)
+    (folder / "my_teacher.py").write_text(code)
+    teacher = {**own_teacher["teacher"], "factory": f"{folder / 'my_teacher.py'}:make"}
+    return parse_study({**own_teacher, "teacher": teacher})
+
+
+def test_a_factory_teachers_key_does_not_depend_on_where_its_file_lies(own_teacher, tmp_path):
+    here, moved = (
+        _factory_study(own_teacher, tmp_path / "here"),
+        _factory_study(own_teacher, tmp_path / "moved"),
+    )
+    assert here.teacher_key() == moved.teacher_key()
+    assert here.legacy_teacher_key() != moved.legacy_teacher_key()  # autokd 0.3 keyed the path
+
+
+def test_a_factory_teachers_key_changes_with_its_code(own_teacher, tmp_path):
+    before = _factory_study(own_teacher, tmp_path / "code").teacher_key()
+    wider = MY_CNN.replace("16, 3", "24, 3").replace("(16)", "(24)")
+    assert _factory_study(own_teacher, tmp_path / "code", wider).teacher_key() != before
+
+
+def test_a_teacher_folder_stored_under_its_old_key_is_moved_and_its_stale_caches_dropped(
+    own_teacher, tmp_path
+):
+    study, runs = _factory_study(own_teacher, tmp_path / "code"), tmp_path / "runs"
+    old = runs / TEACHERS_DIR / study.legacy_teacher_key()
+    (old / "outputs-0123456789abcdef").mkdir(parents=True)
+    (old / "teacher.pt").write_bytes(b"weights")
+    (old / "metrics.json").write_text(json.dumps({"key": old.name, "test_accuracy": 0.5}))
+    moved = teacher_directory(study, runs, log=lambda _: None)
+    assert moved.name == study.teacher_key() and not old.exists()
+    assert (moved / "teacher.pt").read_bytes() == b"weights" and not list(moved.glob("outputs-*"))
+    assert json.loads((moved / "metrics.json").read_text()) == {"key": moved.name, "test_accuracy": 0.5}
+
+
+def test_a_run_recorded_under_the_old_teacher_key_has_the_same_teacher(own_teacher, tmp_path):
+    study = _factory_study(own_teacher, tmp_path / "code")
+    key = study.teacher_key()
+    assert is_study_teacher(study.legacy_teacher_key(), study, key) and is_study_teacher(key, study, key)
+    assert not is_study_teacher("0123456789abcdef", study, key) and not is_study_teacher(None, study, key)

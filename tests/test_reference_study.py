@@ -40,3 +40,17 @@ def test_one_epoch_of_one_trial_of_the_reference_study_trains_on_a_subsample(tmp
     (trial,) = (t for t in result.records.trials if t.completed)
     assert trial.config["family"] == "resnet" and trial.config["epochs"] == 1
     assert 0 < trial.result.int8_accuracy <= 1
+
+
+def test_the_committed_teacher_is_the_one_the_reference_study_finds_wherever_it_is_checked_out():
+    # CI checks the repository out in another folder: the teacher's key must not hold the path
+    import json
+
+    from autokd.storage import file_sha256, load_run_study
+
+    study = load_study_file(REFERENCE)
+    folder = REFERENCE.parents[1] / "runs" / "_teachers" / study.teacher_key()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert file_sha256(folder / "teacher.pt") == metrics["weights_sha256"]
+    journal = load_run_study(REFERENCE.parents[1] / "runs" / "fashion_mnist")
+    assert journal.user_attrs["teacher"]["key"] == study.teacher_key() == metrics["key"]
