@@ -228,9 +228,10 @@ class SearchSpaceSection(_Section):
     methods: Annotated[list[str], Field(min_length=1)] = ["hinton_kd"]
     distillation_share: Range = (0.7, 0.7)
     method_params: dict[str, dict[str, Range]] = {}
-    # Input stem of families that have two (ResNet): "auto" takes the small-image stem for images of at
-    # most 64 pixels and the timm model's own (ImageNet) stem above that; see autokd.students.
-    stem: Literal["auto", "imagenet", "small"] = "auto"
+    # Input stem of families that have several: "auto" takes the small-image stem for images of at most
+    # 64 pixels and the timm model's own (ImageNet) stem above that; "full" (ResNet) keeps the first
+    # stage at full resolution; a family without the stem named gets the nearest it has (autokd.students).
+    stem: Literal["auto", "imagenet", "small", "full"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

@@ -338,7 +338,9 @@ def teacher_directory(study: Study, runs_root: Path, log: Callable[[str], None] 
             shutil.rmtree(stale, ignore_errors=True)
         metrics = directory / "metrics.json"
         if metrics.is_file():  # the key it records, for whoever reads it
-            write_atomically(json.dumps({**json.loads(metrics.read_text()), "key": directory.name}, indent=2), metrics)
+            write_atomically(
+                json.dumps({**json.loads(metrics.read_text()), "key": directory.name}, indent=2), metrics
+            )
         log(f"teacher {study.teacher.name}: moved {old} to {directory} (its key no longer holds file paths)")
     return directory
 

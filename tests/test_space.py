@@ -30,7 +30,7 @@ def test_qat_is_a_searchable_choice(tiny_study):
 
 @pytest.mark.parametrize(
     ("image_size", "choice", "stem"),
-    [(32, "auto", "small"), (96, "auto", "imagenet"), (32, "imagenet", "imagenet")],
+    [(32, "auto", "small"), (96, "auto", "imagenet"), (32, "imagenet", "imagenet"), (28, "full", "full")],
 )
 def test_a_sampled_student_gets_the_stem_for_the_studys_images(tiny_study, image_size, choice, stem):
     tiny_study["data"]["image_size"] = image_size

@@ -110,6 +110,38 @@ def test_resnet_small_image_stem_updates_the_feature_reductions():
     assert [info["reduction"] for info in model.feature_info] == [2, 2, 4, 8, 16]
 
 
+def test_resnet_full_resolution_stem_is_the_small_convolution_at_stride_1():
+    model = build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem="full")
+    assert (model.conv1.kernel_size, model.conv1.stride, model.conv1.in_channels) == ((3, 3), (1, 1), 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+
+
+def test_resnet_full_resolution_stem_lets_the_first_stage_see_the_whole_image():
+    model = build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem="full").eval()
+    _, (first_stage,) = model.forward_intermediates(torch.randn(2, 1, 28, 28), indices=[1])
+    assert first_stage.shape[-2:] == (28, 28)
+
+
+def test_resnet_full_resolution_stem_updates_the_feature_reductions():
+    model = build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem="full")
+    assert [info["reduction"] for info in model.feature_info] == [1, 1, 2, 4, 8]
+
+
+def test_a_stem_changes_no_parameter_count():
+    counts = {
+        count_parameters(build_student("resnet", 0.22, 0.5, num_classes=10, in_chans=1, stem=stem))
+        for stem in ("small", "full")
+    }
+    assert len(counts) == 1
+
+
+@pytest.mark.parametrize(
+    ("family", "stem"), [("resnet", "full"), ("mobilenetv3", "small"), ("convnext", "imagenet")]
+)
+def test_a_family_without_the_full_stem_gets_the_nearest_it_has(family, stem):
+    assert stem_for(family, 28, "full") == stem
+
+
 def test_resnet_imagenet_stem_is_timms_own():
     model = build_student("resnet", 0.25, 0.5, num_classes=10, in_chans=1, stem="imagenet")
     assert model.conv1.kernel_size == (7, 7) and isinstance(model.maxpool, torch.nn.MaxPool2d)

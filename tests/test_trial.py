@@ -96,3 +96,12 @@ def test_a_qat_trial_trains_its_last_epoch_quantization_aware(tiny_resources):
     )
     assert result.qat is True and len(result.val_accuracy_per_epoch) == 4
     assert result.retention_fp32 > 0.5
+
+
+@pytest.mark.slow
+def test_a_full_resolution_resnet_student_learns_and_deploys_as_int8(tiny_resources):
+    result = run_trial(
+        _config(stem="full", epochs=3), tiny_resources.data, tiny_resources.teacher_reference()
+    )
+    assert result.retention_fp32 > 0.25  # ten classes: chance is about 0.1
+    assert result.agreement_ok and abs(result.retention - result.retention_fp32) < 0.05

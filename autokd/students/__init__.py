@@ -8,9 +8,11 @@ channels and ``depth=0.5`` halves every stage's block count.
 
 Input stems are family metadata: ``"imagenet"`` is the timm model's own, built for 224-pixel images;
 ``"small"`` is one sized for images of at most :data:`SMALL_IMAGE_MAX` pixels, which only families
-registered with ``stems=("imagenet", "small")`` have (ResNet; the mobile families through a
-stride-1 stem, :func:`stride_one_stem`). A study's ``search_space.stem``
-(``auto`` by default) picks one per family (:meth:`StudentFamily.stem_for`).
+registered with ``stems=("imagenet", "small", ...)`` have (ResNet; the mobile families through a
+stride-1 stem, :func:`stride_one_stem`); ``"full"`` (ResNet) leaves the image at full resolution
+for the first stage, as the CIFAR ResNets do, at about three times the compute of ``"small"``. A
+study's ``search_space.stem`` (``auto`` by default) picks one per family
+(:meth:`StudentFamily.stem_for`); a family without the stem asked for gets the nearest it has.
 
 ``timm:NAME`` in a study's ``families`` is a fixed student: timm's model NAME built as is (no width
 or depth) and searched jointly with the distillation settings (:func:`get_family`).
@@ -31,7 +33,9 @@ from autokd.registry import Registry
 
 FamilyBuilder = Callable[..., nn.Module]
 SMALL_IMAGE_MAX = 64
-STEMS = ("imagenet", "small")
+STEMS = ("imagenet", "small", "full")
+# What a family without the stem asked for gets instead: the nearest in resolution that it has.
+_NEAREST = {"full": ("full", "small", "imagenet"), "small": ("small", "imagenet"), "imagenet": ("imagenet",)}
 STEM_CHOICES = ("auto", *STEMS)  # what a study (and the benchmarks' --stem) may ask for
 
 
@@ -57,16 +61,15 @@ class StudentFamily:
     def stem_for(self, image_size: int, choice: str = "auto") -> str:
         """The stem a study's ``stem`` choice gives this family on images of ``image_size`` pixels.
 
-        ``auto`` means the small-image stem up to :data:`SMALL_IMAGE_MAX` pixels; a family without
-        one always gets its own (``imagenet``).
+        ``auto`` means the small-image stem up to :data:`SMALL_IMAGE_MAX` pixels and the family's own
+        above; a family without the stem asked for gets the nearest it has (``full`` → ``small`` →
+        ``imagenet``), so a family without a small-image stem always gets its own.
         """
         if choice not in STEM_CHOICES:
             raise ValueError(f"stem: '{choice}' is not one of {', '.join(STEM_CHOICES)}")
-        if not self.has_small_stem:
-            return "imagenet"
         if choice == "auto":
-            return "small" if image_size <= SMALL_IMAGE_MAX else "imagenet"
-        return choice
+            choice = "small" if image_size <= SMALL_IMAGE_MAX else "imagenet"
+        return next(stem for stem in _NEAREST[choice] if stem in self.stems)
 
     def build(self, width: float, depth: float, *, num_classes: int, in_chans: int, stem: str = "imagenet"):
         """A randomly initialised student of this family scaled by ``width`` and ``depth``."""

@@ -9,6 +9,8 @@ Two stems (``stem``):
   images, it shrinks a 32-pixel image to 8×8 before the first stage.
 - ``"small"``: a 3×3 stride-2 convolution (still 64 channels) and no max-pool, so the stages see twice
   the resolution (16×16 at 32 pixels), the usual adaptation of ImageNet ResNets to small images.
+- ``"full"``: the same convolution at stride 1, so the first stage sees the whole image (32×32), as in
+  the CIFAR ResNets: four times the multiply-adds of ``"small"`` for the same parameters.
 
 On small images the small stem is at least as accurate and is what makes INT8 pay off on narrow
 students: the ImageNet stem's 7×7 convolution of a one-channel image is their largest layer and the
@@ -35,18 +37,18 @@ def resnet_arguments(width: float, depth: float) -> dict:
     }
 
 
-def use_small_image_stem(model: nn.Module, in_chans: int) -> nn.Module:
-    """Swap timm's 7×7 stride-2 stem convolution and max-pool for one 3×3 stride-2 convolution."""
-    model.conv1 = nn.Conv2d(in_chans, STEM_CHANNELS, kernel_size=3, stride=2, padding=1, bias=False)
+def use_small_image_stem(model: nn.Module, in_chans: int, stride: int = 2) -> nn.Module:
+    """Swap timm's 7×7 stride-2 stem convolution and max-pool for one 3×3 convolution of ``stride``
+    (2: the ``small`` stem, 1: the ``full`` one)."""
+    model.conv1 = nn.Conv2d(in_chans, STEM_CHANNELS, kernel_size=3, stride=stride, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # timm's conv init
     model.maxpool = nn.Identity()
-    for info in model.feature_info:  # the stages now sit one stride-2 step closer to the input
-        if info["module"] != "act1":
-            info["reduction"] //= 2
+    for info in model.feature_info:  # timm's stem reduces 4x (convolution and max-pool), this one stride x
+        info["reduction"] = stride if info["module"] == "act1" else info["reduction"] * stride // 4
     return model
 
 
-@register_family("resnet", stems=("imagenet", "small"))
+@register_family("resnet", stems=("imagenet", "small", "full"))
 def resnet(
     width: float, depth: float, *, num_classes: int, in_chans: int, stem: str = "imagenet"
 ) -> nn.Module:
@@ -58,4 +60,6 @@ def resnet(
         in_chans=in_chans,
         **resnet_arguments(width, depth),
     )
-    return use_small_image_stem(model, in_chans) if stem == "small" else model
+    if stem == "imagenet":
+        return model
+    return use_small_image_stem(model, in_chans, stride=2 if stem == "small" else 1)
