@@ -2,7 +2,9 @@
 
 The rule (median stopping): after ``warmup_epochs``, a trial whose validation top-1 at epoch k is
 below the median of the given completed trials' validation top-1 at epoch k stops (the runner passes
-the completed trials of the same student family). A pure function; both
+the completed trials of the same student family with at most as many parameters: a student is judged
+against those it must beat to extend the front, never stopped for trailing larger ones). A pure
+function; both
 drivers apply it through :meth:`autokd.runner.TrialRunner.early_stop` and record a stopped trial PRUNED.
 """
 

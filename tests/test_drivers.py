@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 
 import autokd
 from autokd.budget import StopReason
+from autokd.config import EarlyStoppingSection
+from autokd.runner import TrialRunner
 from autokd.storage import journal_storage, trial_dir
-from autokd.trial import STUDENT_WEIGHTS
+from autokd.trial import STUDENT_WEIGHTS, TrialConfig
 
 pytestmark = pytest.mark.slow
 
@@ -176,3 +180,32 @@ def test_trials_are_numbered_in_the_study_and_name_their_worker(tiny_study, shar
     assert [t.number for t in result.records.trials] == [0, 1]
     assert all(t.worker for t in result.records.trials)
     assert sorted(p.name for p in (result.run_dir / "trials").iterdir()) == ["0", "1"]
+
+
+def _runner_with_completed(tiny_resources, parameters: int):
+    """A runner whose study holds two completed resnet students of ``parameters``, perfect at every epoch."""
+    rule = EarlyStoppingSection(enabled=True, warmup_epochs=1, min_completed_trials=2)
+    study = tiny_resources.study.model_copy(update={"early_stopping": rule})
+    optuna_study = optuna.create_study(directions=["maximize", "maximize", "minimize"])
+    for _ in range(2):
+        optuna_study.add_trial(
+            optuna.trial.create_trial(
+                values=[0.9, 10.0, 1.0],
+                params={"family": "resnet"},
+                distributions={"family": optuna.distributions.CategoricalDistribution(["resnet"])},
+                user_attrs={"val_accuracy_per_epoch": [1.0] * 3, "parameters": parameters},
+            )
+        )
+    return TrialRunner(dataclasses.replace(tiny_resources, study=study), optuna_study, emit=lambda _: None)
+
+
+def test_a_student_below_the_median_of_larger_completed_ones_is_not_stopped(tiny_resources):
+    runner = _runner_with_completed(tiny_resources, parameters=10**9)
+    config = TrialConfig(family="resnet", width=0.125, depth=0.5, stem="small", epochs=3)
+    assert runner.early_stop(config, [0.5, 0.5], 1.0) is None
+
+
+def test_a_student_below_the_median_of_completed_ones_no_larger_is_stopped(tiny_resources):
+    runner = _runner_with_completed(tiny_resources, parameters=1)
+    config = TrialConfig(family="resnet", width=0.125, depth=0.5, stem="small", epochs=3)
+    assert runner.early_stop(config, [0.5, 0.5], 1.0).epoch == 2
