@@ -25,6 +25,7 @@ import torch
 from autokd.config import load_study_file
 from autokd.measure import machine_latency_lock
 from autokd.resources import prepare_resources, torch_threads
+from autokd.students import STEMS
 from autokd.trial import TrialConfig, run_trial
 
 
@@ -34,7 +35,9 @@ def main() -> None:
     )
     parser.add_argument("study", type=Path, help="study file, e.g. studies/fashion_mnist.yaml")
     parser.add_argument("--family", default="resnet")
-    parser.add_argument("--stem", default="small")
+    parser.add_argument(
+        "--stem", default="small", choices=STEMS, help="full: the first stage at the input's resolution"
+    )
     parser.add_argument("--width", type=float, required=True)
     parser.add_argument("--depth", type=float, required=True)
     parser.add_argument("--method", default="hinton_kd", help="a method name, or 'none' for hard labels")
