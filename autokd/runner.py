@@ -526,7 +526,7 @@ class TrialRunner:
         # Families learn at different speeds: compare only with completed students of the same family.
         # And only with those no larger: a smaller student is below the median of larger ones by nature,
         # yet may extend the front on size; stopping it for that kept a search whose strategy proposes
-        # small students from ever completing its budget (the reference study: 17 stopped in a row).
+        # small students from ever completing its budget (the reference study: 18 stopped in a row).
         parameters = self._parameters(config)
         histories = [
             t.user_attrs.get("val_accuracy_per_epoch", [])

@@ -69,7 +69,8 @@ class StudentFamily:
             raise ValueError(f"stem: '{choice}' is not one of {', '.join(STEM_CHOICES)}")
         if choice == "auto":
             choice = "small" if image_size <= SMALL_IMAGE_MAX else "imagenet"
-        return next(stem for stem in _NEAREST[choice] if stem in self.stems)
+        # an extension family may lack even timm's own stem: then its first
+        return next((stem for stem in _NEAREST[choice] if stem in self.stems), self.stems[0])
 
     def build(self, width: float, depth: float, *, num_classes: int, in_chans: int, stem: str = "imagenet"):
         """A randomly initialised student of this family scaled by ``width`` and ``depth``."""

@@ -3,7 +3,7 @@
 timm's default 7×7 stem stays 64 channels wide whatever ``stem_width`` says (only its deep stems read
 it), so the mapping leaves the stem's width alone.
 
-Two stems (``stem``):
+Three stems (``stem``):
 
 - ``"imagenet"``: timm's own, a 7×7 stride-2 convolution and a stride-2 max-pool. Built for 224-pixel
   images, it shrinks a 32-pixel image to 8×8 before the first stage.
